@@ -1,0 +1,21 @@
+"""Constants shared across the package: the VOC class list and the default anchors."""
+
+# The standard alphabetical VOC order; class index i in every label file means VOC_CLASSES[i].
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+# The COCO anchors of YOLOv3 in pixels at 416, grouped by output scale: index 0 is the
+# stride-32 head (largest objects), 1 stride 16, 2 stride 8. Dividing by 416 makes them
+# fractions of the image side, so the same anchors serve every input size.
+COCO_ANCHORS_416: tuple[tuple[tuple[int, int], ...], ...] = (
+    ((116, 90), (156, 198), (373, 326)),
+    ((30, 61), (62, 45), (59, 119)),
+    ((10, 13), (16, 30), (33, 23)),
+)
+DEFAULT_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = tuple(
+    tuple((w / 416.0, h / 416.0) for w, h in scale) for scale in COCO_ANCHORS_416
+)
+STRIDES: tuple[int, ...] = (32, 16, 8)

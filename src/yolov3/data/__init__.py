@@ -1,0 +1,1 @@
+"""Datasets: readers for the two on-disk layouts, augmentation, the DataModule, synthetic data."""

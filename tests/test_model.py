@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from yolov3.model import YOLOv3, count_parameters, scale_channels
+
+
+def test_exact_parameter_count_full_width():
+    assert count_parameters(YOLOv3(num_classes=20)) == 61_626_499
+
+
+def test_frozen_unused_batchnorms_are_the_only_non_trainable_params():
+    m = YOLOv3()
+    frozen = sum(p.numel() for p in m.parameters() if not p.requires_grad)
+    assert frozen == 3 * 2 * 75  # the course's unused BN in each head's last conv
+
+
+@pytest.mark.parametrize("size", [320, 416, 608])
+def test_head_shapes(size):
+    m = YOLOv3(num_classes=20, width=0.125).eval()
+    with torch.no_grad():
+        out = m(torch.rand(2, 3, size, size))
+    assert [tuple(o.shape) for o in out] == [(2, 3, size // s, size // s, 25) for s in (32, 16, 8)]
+
+
+def test_full_width_head_shapes_at_416():
+    m = YOLOv3().eval()
+    with torch.no_grad():
+        out = m(torch.rand(1, 3, 416, 416))
+    assert [tuple(o.shape) for o in out] == [(1, 3, 13, 13, 25), (1, 3, 26, 26, 25), (1, 3, 52, 52, 25)]
+
+
+def test_other_class_counts_and_rectangular_input():
+    m = YOLOv3(num_classes=3, width=0.125).eval()
+    with torch.no_grad():
+        out = m(torch.rand(1, 3, 256, 320))
+    assert [tuple(o.shape) for o in out] == [(1, 3, 8, 10, 8), (1, 3, 16, 20, 8), (1, 3, 32, 40, 8)]
+
+
+def test_rejects_size_not_multiple_of_32():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        YOLOv3(width=0.125)(torch.rand(1, 3, 100, 100))
+
+
+@pytest.mark.parametrize("width", [0.1, 0.125, 0.3, 0.5])
+def test_width_scales_parameters(width):
+    full = 61_626_499
+    n = count_parameters(YOLOv3(width=width))
+    assert n < full
+    assert scale_channels(1024, width) % 8 == 0
+
+
+def test_gradients_reach_every_trainable_parameter():
+    m = YOLOv3(width=0.125)
+    out = m(torch.rand(2, 3, 64, 64))
+    sum(o.square().mean() for o in out).backward()
+    missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
