@@ -1,0 +1,134 @@
+"""The `yolov3` command.
+
+`yolov3 fit|validate|test|predict` are LightningCLI (configs in configs/*.yaml); the other
+subcommands are small tools of this project, each a thin shell over the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+from yolov3.data.datamodule import YoloDataModule
+from yolov3.lit import YoloLitModule
+
+log = logging.getLogger("yolov3")
+
+
+class YoloCLI(LightningCLI):
+    """LightningCLI with the project's defaults and links between model and data."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("trainer_defaults", {"use_distributed_sampler": False})
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(YoloLitModule, YoloDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        config.trainer.precision = resolve_precision(config.trainer.precision, config.trainer.accelerator)
+
+
+def resolve_precision(precision, accelerator) -> str | int | None:
+    """fp16 mixed precision needs CUDA: on a CPU run, say so and use bf16-mixed instead."""
+    if str(precision) not in ("16-mixed", "16"):
+        return precision
+    accel = str(accelerator) if accelerator is not None else "auto"
+    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
+    if on_cpu:
+        logging.getLogger("yolov3").warning(
+            "precision %s (float16 mixed precision) runs only on CUDA; this run is on the CPU, "
+            "so it trains in bf16-mixed instead", precision)
+        return "bf16-mixed"
+    return precision
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from torchinfo import summary
+
+    from yolov3.model import YOLOv3
+
+    model = YOLOv3(num_classes=args.num_classes, width=args.width)
+    stats = summary(
+        model,
+        input_size=(1, 3, args.size, args.size),
+        depth=args.depth,
+        col_names=("input_size", "output_size", "num_params", "mult_adds"),
+        row_settings=("var_names",),
+        verbose=0,
+    )
+    print(stats)
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from yolov3.data.synthetic import generate
+
+    summary = generate(args.out, args.train, args.test, seed=args.seed, voc_xml=args.voc_xml)
+    images, boxes = summary["images"], summary["boxes"]
+    print(f"wrote {images['train']} training images ({boxes['train']} boxes) and {images['test']} test images "
+          f"({boxes['test']} boxes) to {args.out}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from yolov3.demo import run_demo
+
+    run_demo(args.config, data_dir=args.data_dir, n_train=args.train, n_test=args.test, seed=args.seed,
+             out_dir=args.out, overrides=args.overrides)
+
+
+def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], None]]]:
+    parser = argparse.ArgumentParser(prog="yolov3")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("summary", help="per-layer table of parameters and multiply-adds")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
+    p.add_argument("--size", type=int, default=416, help="input size, a multiple of 32 (default 416)")
+    p.add_argument("--num-classes", type=int, default=20)
+    p.add_argument("--depth", type=int, default=3, help="module nesting depth shown")
+
+    p = sub.add_parser("synth", help="write a synthetic VOC-format dataset")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--train", type=int, default=1600, help="training images")
+    p.add_argument("--test", type=int, default=200, help="test images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--voc-xml", action="store_true", help="also write the VOCdevkit layout (XML)")
+
+    p = sub.add_parser("demo", help="synthetic data -> CPU training -> test -> report in runs/demo",
+                       epilog="Other arguments are passed to the config, e.g. --trainer.max_epochs 5")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--data-dir", default="data/synthetic")
+    p.add_argument("--train", type=int, default=1600, help="synthetic training images (if the set must be made)")
+    p.add_argument("--test", type=int, default=200, help="synthetic test images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/demo")
+    return parser, {"summary": _summary, "synth": _synth, "demo": _demo}
+
+
+OWN_COMMANDS = ("summary", "synth", "demo")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from_command_line = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in OWN_COMMANDS:
+        parser, handlers = _own_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command != "demo":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = extra
+        handlers[args.command](args)
+        return
+    # LightningCLI reads sys.argv itself when run from the command line.
+    YoloCLI(args=None if from_command_line else argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""The LightningDataModule: splits from config, transforms, samplers and collate.
+
+The DataModule owns its samplers (the CLI sets `use_distributed_sampler: false`) so that
+evaluation shards are never padded with repeated images under DDP: every image is counted
+exactly once across processes. The training sampler is where multi-resolution batching
+plugs in: it yields index lists, and each batch's image size travels with its indices.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from yolov3.constants import VOC_CLASSES
+from yolov3.data.augment import AugmentConfig, EvalTransform, TrainTransform
+from yolov3.data.sample import Sample
+from yolov3.data.sources import DetectionSource, open_source
+
+log = logging.getLogger("yolov3.data")
+
+
+class DetectionDataset(Dataset):
+    """Applies a transform at a requested size to a source's samples.
+
+    Items are requested as (index, size); each returns a dict with "image" (3, S, S) uint8,
+    "boxes" (N, 4) float xyxy pixels at S, "labels" (N,), "difficult" (N,), "path", and
+    for evaluation "orig_size" (w, h) and "letterbox" (scale_x, scale_y, pad_x, pad_y).
+    """
+
+    def __init__(self, source: Sequence[Sample], train: bool, augment: AugmentConfig | None = None,
+                 cache_images: bool = False, seed: int = 0) -> None:
+        self.source = source
+        self.train = train
+        self.transform = TrainTransform(augment, seed=seed) if train else EvalTransform()
+        self._cache: dict[int, Sample] | None = {} if cache_images else None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _sample(self, index: int) -> Sample:
+        if self._cache is None:
+            return self.source[index]
+        if index not in self._cache:
+            self._cache[index] = self.source[index]
+        return self._cache[index]
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, size = item
+        sample = self._sample(index)
+        h, w = sample.image.shape[:2]
+        out: dict = {"path": sample.path, "orig_size": (w, h)}
+        if self.train:
+            s = self.transform(sample, size)
+            out["letterbox"] = (1.0, 1.0, 0.0, 0.0)
+        else:
+            s, lb = self.transform(sample, size)
+            out["letterbox"] = (lb.scale_x, lb.scale_y, lb.pad_x, lb.pad_y)
+        out.update(
+            image=torch.from_numpy(s.image).permute(2, 0, 1).contiguous(),
+            boxes=torch.from_numpy(s.boxes),
+            labels=torch.from_numpy(s.labels),
+            difficult=torch.from_numpy(s.difficult),
+        )
+        return out
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack a batch. "targets" is (M, 6): image index, class, cx, cy, w, h as fractions of
+    the batch's image size, the format build_targets takes."""
+    images = torch.stack([it["image"] for it in items])
+    size_h, size_w = images.shape[-2:]
+    rows = []
+    for i, it in enumerate(items):
+        b = it["boxes"].float()
+        if b.numel() == 0:
+            continue
+        cxcywh = torch.stack(
+            ((b[:, 0] + b[:, 2]) / 2 / size_w, (b[:, 1] + b[:, 3]) / 2 / size_h,
+             (b[:, 2] - b[:, 0]) / size_w, (b[:, 3] - b[:, 1]) / size_h), dim=1)
+        rows.append(torch.cat((torch.full((len(b), 1), float(i)), it["labels"].float()[:, None], cxcywh), 1))
+    targets = torch.cat(rows) if rows else torch.zeros(0, 6)
+    return {
+        "images": images,
+        "targets": targets,
+        "boxes": [it["boxes"] for it in items],
+        "labels": [it["labels"] for it in items],
+        "difficult": [it["difficult"] for it in items],
+        "paths": [it["path"] for it in items],
+        "orig_sizes": torch.tensor([it["orig_size"] for it in items]),
+        "letterbox": torch.tensor([it["letterbox"] for it in items], dtype=torch.float32),
+    }
+
+
+class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Shuffled batches for one process, with the image size each batch is made at.
+
+    The permutation is drawn from (seed, epoch), split across `num_replicas` processes
+    (each gets an equal number of whole batches), and every batch gets one size from
+    `sizes` drawn from the same seeded generator, so all workers and all processes agree.
+    Call set_epoch at the start of each epoch (Lightning does).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, sizes: Sequence[int], seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0, drop_last: bool = True) -> None:
+        if num_samples < 1:
+            raise ValueError("the training split is empty")
+        self.num_samples, self.batch_size, self.sizes = num_samples, batch_size, list(sizes)
+        self.seed, self.num_replicas, self.rank, self.drop_last = seed, num_replicas, rank, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches_per_replica(self) -> int:
+        per_replica = self.num_samples // self.num_replicas
+        if self.drop_last:
+            return max(1, per_replica // self.batch_size)
+        return math.ceil(math.ceil(self.num_samples / self.num_replicas) / self.batch_size)
+
+    def __len__(self) -> int:
+        return self._batches_per_replica()
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.num_samples, generator=g)
+        n_batches = self._batches_per_replica()
+        needed = n_batches * self.batch_size * self.num_replicas
+        if needed > self.num_samples:  # wrap around so every process gets full batches
+            perm = perm.repeat(math.ceil(needed / self.num_samples))
+        perm = perm[:needed].view(self.num_replicas, n_batches, self.batch_size)[self.rank]
+        size_idx = torch.randint(len(self.sizes), (n_batches,), generator=g)
+        for batch, si in zip(perm.tolist(), size_idx.tolist()):
+            size = self.sizes[si]
+            yield [(i, size) for i in batch]
+
+
+class EvalBatchSampler(Sampler[list[tuple[int, int]]]):
+    """In-order batches of this process's shard (rank, rank + world, ...), never padded."""
+
+    def __init__(self, num_samples: int, batch_size: int, size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.indices = list(range(rank, num_samples, num_replicas))
+        self.batch_size, self.size = batch_size, size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for start in range(0, len(self.indices), self.batch_size):
+            yield [(i, self.size) for i in self.indices[start : start + self.batch_size]]
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch gives each worker a distinct seed derived from the main process's RNG (itself
+    # seeded by the run seed), so augmentations are reproducible and differ between workers.
+    info = torch.utils.data.get_worker_info()
+    seed = torch.initial_seed() % 2**31
+    np.random.seed(seed)
+    dataset = info.dataset if info is not None else None
+    if isinstance(dataset, DetectionDataset) and isinstance(dataset.transform, TrainTransform):
+        dataset.transform.set_seed(seed)
+
+
+class YoloDataModule(L.LightningDataModule):
+    """PASCAL VOC (either on-disk layout) or the synthetic set, for YOLOv3.
+
+    Args:
+        root: dataset folder (Kaggle layout: images/, labels/, train.csv, test.csv; or a
+            VOCdevkit folder with VOC2007/ VOC2012/).
+        layout: "auto", "kaggle" or "voc".
+        train_split, val_split, test_split: a CSV name (Kaggle) or "2007-trainval+2012-trainval"
+            style (VOCdevkit). With val_split None, `val_fraction` of train is held out (seeded).
+        image_size: evaluation size, and the training size unless `train_sizes` is given.
+        train_sizes: sizes (multiples of 32) to draw one per training batch from.
+        batch_size, eval_batch_size, num_workers: loader settings.
+        skip_bad: skip unreadable images / bad label files (each logged) instead of failing.
+        cache_images: keep decoded images in memory (small datasets).
+        class_names: the label names (default: the 20 VOC classes).
+        augment: training augmentation settings.
+        seed: seeds the split, the shuffling and the augmentation.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/PASCAL_VOC",
+        layout: str = "auto",
+        train_split: str = "train.csv",
+        val_split: str | None = None,
+        test_split: str = "test.csv",
+        val_fraction: float = 0.05,
+        image_size: int = 416,
+        train_sizes: list[int] | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        skip_bad: bool = False,
+        cache_images: bool = False,
+        class_names: list[str] | None = None,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        for s in [image_size, *(train_sizes or [])]:
+            if s % 32 or s < 32:
+                raise ValueError(f"image sizes must be positive multiples of 32, got {s}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.root = root
+        self.layout = layout
+        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
+        self.val_fraction = val_fraction
+        self.image_size = image_size
+        self.train_sizes = list(train_sizes) if train_sizes else [image_size]
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.skip_bad = skip_bad
+        self.cache_images = cache_images
+        self.class_names = tuple(class_names) if class_names else VOC_CLASSES
+        self.augment = augment or AugmentConfig()
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.train_set: DetectionDataset | None = None
+        self.val_set: DetectionDataset | None = None
+        self.test_set: DetectionDataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _open(self, split: str) -> DetectionSource:
+        return open_source(self.root, split, layout=self.layout, class_names=self.class_names, skip_bad=self.skip_bad)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", "validate", None) and self.train_set is None:
+            train_src: Sequence[Sample] = self._open(self.train_split)
+            if self.val_split:
+                val_src: Sequence[Sample] = self._open(self.val_split)
+            else:
+                train_src, val_src = _holdout(train_src, self.val_fraction, self.seed)
+            log.info("train: %d images, val: %d images", len(train_src), len(val_src))
+            self.train_set = DetectionDataset(train_src, True, self.augment, self.cache_images, self.seed)
+            self.val_set = DetectionDataset(val_src, False, cache_images=self.cache_images)
+        if stage in ("test", None) and self.test_set is None:
+            self.test_set = DetectionDataset(self._open(self.test_split), False, cache_images=self.cache_images)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, dataset: Dataset, batch_sampler: Sampler) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            worker_init_fn=_seed_worker,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self._world()
+        sampler = TrainBatchSampler(len(self.train_set), self.batch_size, self.train_sizes, self.seed, world, rank)
+        return self._loader(self.train_set, sampler)
+
+    def _eval_loader(self, dataset: DetectionDataset) -> DataLoader:
+        world, rank = self._world()
+        return self._loader(dataset, EvalBatchSampler(len(dataset), self.eval_batch_size, self.image_size, world, rank))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+
+class _Subset(Sequence):
+    def __init__(self, source: Sequence[Sample], indices: list[int]) -> None:
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.source[self.indices[i]]
+
+
+def _holdout(source: Sequence[Sample], fraction: float, seed: int) -> tuple[Sequence[Sample], Sequence[Sample]]:
+    """Split off a seeded random `fraction` of a source for validation (at least one image)."""
+    n = len(source)
+    n_val = max(1, round(n * fraction)) if fraction > 0 else 0
+    if n_val >= n:
+        raise ValueError(f"val_fraction {fraction} leaves no training images out of {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    val_idx, train_idx = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
+    return _Subset(source, train_idx), _Subset(source, val_idx)
+

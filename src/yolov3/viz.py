@@ -1,0 +1,97 @@
+"""Drawing boxes and plotting training curves."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+PALETTE = [
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+    (0, 0, 128), (128, 128, 128),
+]
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int], class_names: Sequence[str],
+               scores: Sequence[float] | None = None, truth: bool = False) -> np.ndarray:
+    """Draw boxes on a copy of image (H, W, 3) uint8. boxes (N, 4) xyxy pixels.
+
+    Predictions are drawn in their class colour with "name score"; ground truth (truth=True)
+    as thin white boxes with the name below, so both can share one picture.
+    """
+    im = Image.fromarray(image)
+    draw = ImageDraw.Draw(im)
+    for i, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), labels)):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        name = class_names[int(label)] if 0 <= int(label) < len(class_names) else str(int(label))
+        if truth:
+            draw.rectangle((x1, y1, x2, y2), outline=(255, 255, 255), width=1)
+            draw.text((x1 + 2, y2 - 11), name, fill=(255, 255, 255))
+        else:
+            color = PALETTE[int(label) % len(PALETTE)]
+            draw.rectangle((x1, y1, x2, y2), outline=color, width=2)
+            text = name if scores is None else f"{name} {float(scores[i]):.2f}"
+            tw = draw.textlength(text)
+            draw.rectangle((x1, y1 - 11, x1 + tw + 4, y1), fill=color)
+            draw.text((x1 + 2, y1 - 11), text, fill=(0, 0, 0))
+    return np.asarray(im)
+
+
+def image_grid(images: Sequence[np.ndarray], cols: int = 4, cell: int = 320) -> np.ndarray:
+    """Tile images (each fitted into cell x cell, aspect kept) into one (rows*cell, cols*cell, 3) array."""
+    rows = math.ceil(len(images) / cols)
+    canvas = Image.new("RGB", (cols * cell, rows * cell), (32, 32, 32))
+    for i, img in enumerate(images):
+        im = Image.fromarray(img)
+        im.thumbnail((cell, cell))
+        x = (i % cols) * cell + (cell - im.width) // 2
+        y = (i // cols) * cell + (cell - im.height) // 2
+        canvas.paste(im, (x, y))
+    return np.asarray(canvas)
+
+
+def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> None:
+    """Loss and the three accuracies per epoch from a Lightning CSVLogger metrics.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(metrics_csv, newline="")))
+
+    def series(key: str, x: str = "epoch") -> tuple[list[float], list[float]]:
+        pts = [(float(r[x]), float(r[key])) for r in rows if r.get(key) not in (None, "") and r.get(x) not in (None, "")]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    sx, sy = series("train/loss", "step")
+    if sx:
+        k = max(1, len(sy) // 50)
+        smooth = np.convolve(sy, np.ones(k) / k, mode="valid")
+        steps_per_epoch = max(1.0, max(sx) / max(1.0, max(float(r["epoch"]) for r in rows if r.get("epoch")) + 1))
+        ax1.plot(np.asarray(sx[k - 1:]) / steps_per_epoch, smooth, label="train loss (per step, smoothed)")
+    for key, label in (("val/loss", "val loss"),):
+        ex, ey = series(key)
+        ax1.plot(np.asarray(ex) + 1, ey, "o-", label=label)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.set_yscale("log")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    for key, label in (("val/class_acc", "class"), ("val/noobj_acc", "no-object"), ("val/obj_acc", "object")):
+        ex, ey = series(key)
+        ax2.plot(np.asarray(ex) + 1, ey, "o-", label=f"val {label} accuracy")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("%")
+    ax2.set_ylim(0, 100)
+    ax2.legend(loc="lower right")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

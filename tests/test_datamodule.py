@@ -1,0 +1,74 @@
+import numpy as np
+import torch
+
+from yolov3.data.datamodule import EvalBatchSampler, TrainBatchSampler, YoloDataModule, collate
+
+
+def test_collate_targets_are_normalised_cxcywh_with_image_index():
+    items = []
+    for i, boxes in enumerate([[[0, 0, 32, 64]], [], [[16, 16, 48, 48], [60, 0, 64, 8]]]):
+        items.append({
+            "image": torch.zeros(3, 64, 64, dtype=torch.uint8),
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.arange(len(boxes)),
+            "difficult": torch.zeros(len(boxes), dtype=torch.bool),
+            "path": f"{i}.jpg", "orig_size": (64, 64), "letterbox": (1.0, 1.0, 0.0, 0.0),
+        })
+    batch = collate(items)
+    assert batch["images"].shape == (3, 3, 64, 64)
+    expected = torch.tensor([
+        [0, 0, 0.25, 0.5, 0.5, 1.0],
+        [2, 0, 0.5, 0.5, 0.5, 0.5],
+        [2, 1, 62 / 64, 4 / 64, 4 / 64, 8 / 64],
+    ])
+    torch.testing.assert_close(batch["targets"], expected)
+
+
+def test_train_sampler_is_seeded_and_shards_are_disjoint():
+    a = list(TrainBatchSampler(50, 4, [320, 416], seed=1))
+    b = list(TrainBatchSampler(50, 4, [320, 416], seed=1))
+    assert a == b and len(a) == 12
+    assert all(len(batch) == 4 and len({s for _, s in batch}) == 1 for batch in a)
+    s = TrainBatchSampler(50, 4, [320, 416], seed=1)
+    s.set_epoch(1)
+    assert list(s) != a
+    shards = [list(TrainBatchSampler(50, 4, [320], seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
+    idx = [[i for batch in sh for i, _ in batch] for sh in shards]
+    assert len(shards[0]) == len(shards[1])
+    assert not set(idx[0]) & set(idx[1])
+
+
+def test_eval_sampler_covers_every_image_once_without_padding():
+    for n, world in [(7, 2), (10, 3), (5, 1)]:
+        seen = [i for r in range(world) for batch in EvalBatchSampler(n, 2, 416, world, r) for i, _ in batch]
+        assert sorted(seen) == list(range(n))
+
+
+def test_datamodule_batches_from_both_layouts(synth_root):
+    for layout, train, test in (("kaggle", "train.csv", "test.csv"), ("voc", "2007-trainval", "2007-test")):
+        dm = YoloDataModule(root=str(synth_root), layout=layout, train_split=train, test_split=test,
+                            image_size=64, batch_size=4, num_workers=0, val_fraction=0.25)
+        dm.setup("fit")
+        dm.setup("test")
+        assert len(dm.train_set) == 18 and len(dm.val_set) == 6 and len(dm.test_set) == 8
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["images"].shape == (4, 3, 64, 64) and batch["images"].dtype == torch.uint8
+        t = batch["targets"]
+        assert t.shape[1] == 6 and (t[:, 4:] > 0).all() and (t[:, 2:4] >= 0).all() and (t[:, 2:4] <= 1).all()
+        test_batch = next(iter(dm.test_dataloader()))
+        # evaluation letterbox is undoable back to the original boxes
+        src = dm.test_set.source[0]
+        sx, sy, px, py = test_batch["letterbox"][0].tolist()
+        back = (test_batch["boxes"][0].numpy() - [px, py, px, py]) / [sx, sy, sx, sy]
+        np.testing.assert_allclose(back, src.boxes, atol=1e-3)
+
+
+def test_workers_get_different_augmentations(synth_root):
+    dm = YoloDataModule(root=str(synth_root), image_size=64, batch_size=1, num_workers=2, val_fraction=0.25)
+    dm.setup("fit")
+    # the same image requested from two workers must come out differently augmented
+    loader = torch.utils.data.DataLoader(
+        dm.train_set, batch_sampler=[[(0, 64)]] * 4, num_workers=2, collate_fn=collate,
+        worker_init_fn=dm.train_dataloader().worker_init_fn)
+    images = [b["images"] for b in loader]
+    assert any(not torch.equal(images[0], im) for im in images[1:])
