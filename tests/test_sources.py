@@ -492,3 +492,20 @@ def test_root_with_both_layouts(kaggle_root: Path) -> None:
         detect_layout(kaggle_root)
     assert isinstance(open_source(kaggle_root, "train.csv"), KaggleVOC)
     assert isinstance(open_source(kaggle_root, "2007-trainval"), VOCDevkit)
+
+
+def test_truncated_image_data_skipped_with_skip_bad_else_named_on_load(kaggle_root: Path, caplog) -> None:
+    # Cut the JPEG in the middle of its data: the header still reads, decoding does not.
+    path = kaggle_root / IMG
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    src = KaggleVOC(kaggle_root, "train.csv")  # header-only indexing accepts it...
+    bad = [i for i, r in enumerate(src.records) if r.image_path == path]
+    assert len(bad) == 1
+    with pytest.raises(DataError, match="000005.jpg"):  # ...and loading names the file
+        src[bad[0]]
+    with caplog.at_level(logging.WARNING, logger="yolov3.data"):
+        skipping = KaggleVOC(kaggle_root, "train.csv", skip_bad=True)
+    assert len(skipping) == len(src) - 1
+    assert any("000005.jpg" in m for m in skipping.skipped)
+    assert "000005.jpg" in caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Lightning 2.6 trips over its own torch.utils._pytree deprecation; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*treespec.*deprecated")
     if argv and argv[0] in OWN_COMMANDS:
         parser, handlers = _own_parser()
         args, extra = parser.parse_known_args(argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 log = logging.getLogger("yolov3")
@@ -37,7 +38,10 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
         console.print(f"[bold]1/4[/] using the synthetic set already in {data}")
     t_data = time.perf_counter() - t0
 
-    cli = YoloCLI(args=["--config", config, "--data.root", str(data), *(overrides or [])], run=False)
+    with warnings.catch_warnings():
+        # The demo hands LightningCLI its own argument list on purpose, while sys.argv holds `demo ...`.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = YoloCLI(args=["--config", config, "--data.root", str(data), *(overrides or [])], run=False)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     console.print(f"[bold]2/4[/] training width {model.hparams.width} for {trainer.max_epochs} epochs "
                   f"on {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}")

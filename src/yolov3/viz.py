@@ -74,7 +74,8 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> None:
     if sx:
         k = max(1, len(sy) // 50)
         smooth = np.convolve(sy, np.ones(k) / k, mode="valid")
-        steps_per_epoch = max(1.0, max(sx) / max(1.0, max(float(r["epoch"]) for r in rows if r.get("epoch")) + 1))
+        train_epochs = [float(r["epoch"]) for r in rows if r.get("train/loss") not in (None, "") and r.get("epoch")]
+        steps_per_epoch = (max(sx) + 1) / (max(train_epochs) + 1) if train_epochs else 1.0
         ax1.plot(np.asarray(sx[k - 1:]) / steps_per_epoch, smooth, label="train loss (per step, smoothed)")
     for key, label in (("val/loss", "val loss"),):
         ex, ey = series(key)

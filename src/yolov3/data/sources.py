@@ -54,6 +54,15 @@ _WARN_FIRST = 5
 _MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 
 
+def _probe_size(path: Path, full_decode: bool) -> tuple[int, int]:
+    """(width, height) of an image as load_rgb returns it: from the header, or, with
+    full_decode, by decoding the whole file (catches truncated data; ~3 ms a VOC image)."""
+    if full_decode:
+        h, w = load_rgb(path).shape[:2]
+        return w, h
+    return image_size(path)
+
+
 @dataclass(frozen=True, eq=False)
 class Record:
     """One entry of a source's index: where the image is and what is in it (no pixels).
@@ -289,6 +298,9 @@ class KaggleVOC(DetectionSource):
         self.root = Path(root)
         self.class_names = tuple(class_names)
         self.box_tolerance = float(box_tolerance)
+        # With skip_bad every image is decoded once while indexing, so a file whose header
+        # is fine but whose data is cut short is skipped now rather than failing mid-epoch.
+        self._full_decode = skip_bad
         self.csv_path = self._resolve_csv(split)
         skipped: list[str] = []
         rows = self._read_csv(skip_bad, skipped)
@@ -346,7 +358,7 @@ class KaggleVOC(DetectionSource):
         if not label_name:
             raise DataError(f"{self.csv_path}:{lineno}: empty label field")
         try:
-            width, height = image_size(image_path)
+            width, height = _probe_size(image_path, self._full_decode)
         except DataError as exc:
             raise DataError(f"{exc} {listed}") from None
         if not label_path.is_file():
@@ -465,6 +477,9 @@ class VOCDevkit(DetectionSource):
         self.class_names = tuple(class_names)
         self._class_index = {n: i for i, n in enumerate(self.class_names)}
         self.box_tolerance = float(box_tolerance)
+        # With skip_bad every image is decoded once while indexing, so a file whose header
+        # is fine but whose data is cut short is skipped now rather than failing mid-epoch.
+        self._full_decode = skip_bad
         items: list[tuple[Path, str, Path, int]] = []
         # All ImageSets files are read before any image, so a split-level mistake (a typo in
         # the spec, a missing year) fails at once instead of after minutes of header reads.
@@ -491,7 +506,7 @@ class VOCDevkit(DetectionSource):
         image_path = year_dir / "JPEGImages" / f"{image_id}.jpg"
         xml_path = year_dir / "Annotations" / f"{image_id}.xml"
         try:
-            width, height = image_size(image_path)
+            width, height = _probe_size(image_path, self._full_decode)
         except DataError as exc:
             raise DataError(f"{exc} {listed}") from None
         boxes, labels, difficult = self._parse_xml(xml_path, width, height, listed)
