@@ -30,8 +30,10 @@ def test_train_sampler_is_seeded_and_shards_are_disjoint():
     assert a == b and len(a) == 12
     assert all(len(batch) == 4 and len({s for _, s in batch}) == 1 for batch in a)
     s = TrainBatchSampler(50, 4, [320, 416], seed=1)
+    first, second = list(s), list(s)  # each pass is the next epoch
+    assert first == a and second != a
     s.set_epoch(1)
-    assert list(s) != a
+    assert list(s) == second
     shards = [list(TrainBatchSampler(50, 4, [320], seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
     idx = [[i for batch in sh for i, _ in batch] for sh in shards]
     assert len(shards[0]) == len(shards[1])
@@ -72,3 +74,27 @@ def test_workers_get_different_augmentations(synth_root):
         worker_init_fn=dm.train_dataloader().worker_init_fn)
     images = [b["images"] for b in loader]
     assert any(not torch.equal(images[0], im) for im in images[1:])
+
+
+def test_fit_sees_a_new_order_every_epoch(synth_root):
+    """Lightning never calls set_epoch on a batch sampler: check the order really changes."""
+    import lightning as L
+
+    from yolov3.lit import YoloLitModule
+
+    seen: list[list[str]] = []
+
+    class Record(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append([])
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen[-1].extend(batch["paths"])
+
+    dm = YoloDataModule(root=str(synth_root), image_size=64, batch_size=4, num_workers=0, val_fraction=0.25)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        use_distributed_sampler=False, callbacks=[Record()])
+    trainer.fit(YoloLitModule(width=0.0625), datamodule=dm)
+    assert len(seen) == 3 and all(len(e) == 16 for e in seen)
+    assert seen[0] != seen[1] and seen[1] != seen[2]

@@ -89,15 +89,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     order = scores.argsort(descending=True, stable=True)
     iou = pairwise_iou(boxes[order], boxes[order])
     n = order.numel()
-    suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     overlaps = (iou > iou_threshold).triu(diagonal=1).cpu()
     keep_mask = torch.zeros(n, dtype=torch.bool)
-    suppressed_cpu = suppressed.cpu()
+    suppressed = torch.zeros(n, dtype=torch.bool)
     for i in range(n):  # the loop runs on a precomputed boolean matrix: cheap for N of a few thousand
-        if suppressed_cpu[i]:
+        if suppressed[i]:
             continue
         keep_mask[i] = True
-        suppressed_cpu |= overlaps[i]
+        suppressed |= overlaps[i]
     return order[keep_mask.to(boxes.device)]
 
 

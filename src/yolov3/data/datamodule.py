@@ -103,7 +103,9 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
     The permutation is drawn from (seed, epoch), split across `num_replicas` processes
     (each gets an equal number of whole batches), and every batch gets one size from
     `sizes` drawn from the same seeded generator, so all workers and all processes agree.
-    Call set_epoch at the start of each epoch (Lightning does).
+    Each pass over the sampler advances the epoch by one: Lightning calls set_epoch only on
+    a loader's sampler, never on its batch sampler, so without this every epoch would
+    replay the same order. set_epoch pins the epoch (the DataModule does, on resume).
     """
 
     def __init__(self, num_samples: int, batch_size: int, sizes: Sequence[int], seed: int = 0,
@@ -128,6 +130,7 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
         perm = torch.randperm(self.num_samples, generator=g)
         n_batches = self._batches_per_replica()
         needed = n_batches * self.batch_size * self.num_replicas
@@ -270,6 +273,8 @@ class YoloDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
         sampler = TrainBatchSampler(len(self.train_set), self.batch_size, self.train_sizes, self.seed, world, rank)
+        if self.trainer is not None:  # a resumed run continues the epoch sequence
+            sampler.set_epoch(self.trainer.current_epoch)
         return self._loader(self.train_set, sampler)
 
     def _eval_loader(self, dataset: DetectionDataset) -> DataLoader:
