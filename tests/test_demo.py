@@ -10,10 +10,13 @@ def test_demo_writes_the_report(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["yolov3"])
     config = __import__("pathlib").Path(__file__).parent.parent / "configs" / "demo.yaml"
-    main(["demo", "--config", str(config), "--data-dir", "data/synthetic", "--train", "24", "--test", "8",
-          "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--data.image_size", "64",
-          "--data.val_fraction", "0.25"])
+    args = ["demo", "--config", str(config), "--data-dir", "data/synthetic", "--train", "24", "--test", "8",
+            "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--data.image_size", "64",
+            "--data.val_fraction", "0.25"]
+    main(args)
+    main(args)  # a second run reuses the data and replaces the report and checkpoint
     out = tmp_path / "runs" / "demo"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_images"] == 8 and metrics["train_images"] == 18
     assert set(metrics["test"]) == {"class_acc", "noobj_acc", "obj_acc", "loss"}
