@@ -12,16 +12,18 @@ def test_demo_writes_the_report(tmp_path, monkeypatch, capsys):
     config = __import__("pathlib").Path(__file__).parent.parent / "configs" / "demo.yaml"
     args = ["demo", "--config", str(config), "--data-dir", "data/synthetic", "--train", "24", "--test", "8",
             "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--data.image_size", "64",
-            "--data.val_fraction", "0.25"]
+            "--data.val_fraction", "0.25", "--out", "report"]
     main(args)
     main(args)  # a second run reuses the data and replaces the report and checkpoint
-    out = tmp_path / "runs" / "demo"
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    run = tmp_path / "runs" / "demo"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    out = tmp_path / "report"  # the report may live apart from the logger's run folder
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_images"] == 8 and metrics["train_images"] == 18
     assert set(metrics["test"]) == {"class_acc", "noobj_acc", "obj_acc", "loss"}
     assert "synthetic" in metrics["data"]
-    for name in ("curves.png", "predictions.png", "checkpoints/best.ckpt", "metrics.csv"):
+    for name in ("curves.png", "predictions.png", "metrics.json"):
         assert (out / name).stat().st_size > 0, name
+    assert (run / "metrics.csv").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "class accuracy" in printed and "no-object accuracy" in printed

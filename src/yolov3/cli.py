@@ -44,7 +44,7 @@ def resolve_precision(precision, accelerator) -> str | int | None:
     accel = str(accelerator) if accelerator is not None else "auto"
     on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
     if on_cpu:
-        logging.getLogger("yolov3").warning(
+        log.warning(
             "precision %s (float16 mixed precision) runs only on CUDA; this run is on the CPU, "
             "so it trains in bf16-mixed instead", precision)
         return "bf16-mixed"

@@ -8,12 +8,9 @@ predictions.png.
 from __future__ import annotations
 
 import json
-import logging
 import time
 import warnings
 from pathlib import Path
-
-log = logging.getLogger("yolov3")
 
 # The bars the mission sets for reduced-width models (class, no-object, object accuracy).
 BARS = {"class_acc": 75.0, "noobj_acc": 95.0, "obj_acc": 70.0}
@@ -72,7 +69,7 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
         "checkpoint": best,
         "seconds": {"data": round(t_data, 1), "fit": round(t_fit, 1), "test": round(t_test, 1)},
     }
-    _report_pictures(best, dm, out)
+    _report_pictures(best, dm, out, Path(trainer.log_dir or out) / "metrics.csv")
     metrics["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
@@ -89,13 +86,12 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
     return metrics
 
 
-def _report_pictures(checkpoint: str, dm, out: Path, n: int = 8) -> None:
+def _report_pictures(checkpoint: str, dm, out: Path, metrics_csv: Path, n: int = 8) -> None:
     from yolov3.detector import Detector
     from yolov3.viz import draw_boxes, image_grid, plot_training_curves
 
-    csv_path = out / "metrics.csv"
-    if csv_path.exists():
-        plot_training_curves(csv_path, out / "curves.png")
+    if metrics_csv.exists():
+        plot_training_curves(metrics_csv, out / "curves.png")
     detector = Detector.from_checkpoint(checkpoint, class_names=dm.class_names, size=dm.image_size)
     source = dm.test_set.source
     samples = [source[i] for i in range(min(n, len(source)))]

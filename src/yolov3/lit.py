@@ -5,8 +5,6 @@ It holds no math of its own: boxes, targets, loss and metrics live in their modu
 
 from __future__ import annotations
 
-import logging
-
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
@@ -16,9 +14,6 @@ from yolov3.loss import LOSS_TERMS, LossWeights, YoloLoss
 from yolov3.metrics import CourseAccuracy
 from yolov3.model import YOLOv3
 from yolov3.targets import build_targets
-
-log = logging.getLogger("yolov3")
-
 
 class YoloLitModule(L.LightningModule):
     """YOLOv3 trained with the course's recipe.
@@ -108,17 +103,18 @@ class YoloLitModule(L.LightningModule):
         self._eval_step(batch, self.val_acc, self.val_loss)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
-        self.val_loss.reset()
-        self._log_acc("val", self.val_acc)
+        self._end_eval("val", self.val_acc, self.val_loss)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.test_acc, self.test_loss)
 
     def on_test_epoch_end(self) -> None:
-        self.log("test/loss", self.test_loss.compute())
-        self.test_loss.reset()
-        self._log_acc("test", self.test_acc)
+        self._end_eval("test", self.test_acc, self.test_loss)
+
+    def _end_eval(self, stage: str, acc: CourseAccuracy, loss: MeanMetric) -> None:
+        self.log(f"{stage}/loss", loss.compute(), prog_bar=stage == "val")
+        loss.reset()
+        self._log_acc(stage, acc)
 
     def _log_acc(self, stage: str, metric: CourseAccuracy) -> None:
         # compute() syncs the integer counts across processes, so no sync_dist is needed.

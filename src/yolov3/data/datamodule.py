@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from yolov3.boxes import xyxy_to_cxcywh
 from yolov3.constants import VOC_CLASSES
 from yolov3.data.augment import AugmentConfig, EvalTransform, TrainTransform
 from yolov3.data.sample import Sample
@@ -80,9 +81,7 @@ def collate(items: list[dict]) -> dict:
         b = it["boxes"].float()
         if b.numel() == 0:
             continue
-        cxcywh = torch.stack(
-            ((b[:, 0] + b[:, 2]) / 2 / size_w, (b[:, 1] + b[:, 3]) / 2 / size_h,
-             (b[:, 2] - b[:, 0]) / size_w, (b[:, 3] - b[:, 1]) / size_h), dim=1)
+        cxcywh = xyxy_to_cxcywh(b) / torch.tensor([size_w, size_h, size_w, size_h], dtype=b.dtype)
         rows.append(torch.cat((torch.full((len(b), 1), float(i)), it["labels"].float()[:, None], cxcywh), 1))
     targets = torch.cat(rows) if rows else torch.zeros(0, 6)
     return {
