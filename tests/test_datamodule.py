@@ -28,14 +28,14 @@ def test_train_sampler_is_seeded_and_shards_are_disjoint():
     a = list(TrainBatchSampler(50, 4, [320, 416], seed=1))
     b = list(TrainBatchSampler(50, 4, [320, 416], seed=1))
     assert a == b and len(a) == 12
-    assert all(len(batch) == 4 and len({s for _, s in batch}) == 1 for batch in a)
+    assert all(len(batch) == 4 and len({s for _, s, _ in batch}) == 1 for batch in a)
     s = TrainBatchSampler(50, 4, [320, 416], seed=1)
     first, second = list(s), list(s)  # each pass is the next epoch
     assert first == a and second != a
     s.set_epoch(1)
     assert list(s) == second
     shards = [list(TrainBatchSampler(50, 4, [320], seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
-    idx = [[i for batch in sh for i, _ in batch] for sh in shards]
+    idx = [[i for batch in sh for i, _, _ in batch] for sh in shards]
     assert len(shards[0]) == len(shards[1])
     assert not set(idx[0]) & set(idx[1])
 

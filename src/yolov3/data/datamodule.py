@@ -29,7 +29,8 @@ log = logging.getLogger("yolov3.data")
 class DetectionDataset(Dataset):
     """Applies a transform at a requested size to a source's samples.
 
-    Items are requested as (index, size); each returns a dict with "image" (3, S, S) uint8,
+    Items are requested as (index, size) or, for training, (index, size, mosaic allowed);
+    each returns a dict with "image" (3, S, S) uint8,
     "boxes" (N, 4) float xyxy pixels at S, "labels" (N,), "difficult" (N,), "path", and
     for evaluation "orig_size" (w, h) and "letterbox" (scale_x, scale_y, pad_x, pad_y).
     """
@@ -51,13 +52,14 @@ class DetectionDataset(Dataset):
             self._cache[index] = self.source[index]
         return self._cache[index]
 
-    def __getitem__(self, item: tuple[int, int]) -> dict:
-        index, size = item
+    def __getitem__(self, item: tuple[int, int] | tuple[int, int, bool]) -> dict:
+        index, size = item[0], item[1]
+        allow_mosaic = item[2] if len(item) > 2 else True
         sample = self._sample(index)
         h, w = sample.image.shape[:2]
         out: dict = {"path": sample.path, "orig_size": (w, h)}
         if self.train:
-            s = self.transform(sample, size)
+            s = self.transform(sample, size, pool=_Loaded(self) if allow_mosaic else None)
             out["letterbox"] = (1.0, 1.0, 0.0, 0.0)
         else:
             s, lb = self.transform(sample, size)
@@ -69,6 +71,19 @@ class DetectionDataset(Dataset):
             difficult=torch.from_numpy(s.difficult),
         )
         return out
+
+
+class _Loaded(Sequence):
+    """The dataset's samples as loaded (through its cache), for drawing mosaic partners."""
+
+    def __init__(self, dataset: DetectionDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.dataset._sample(index)
 
 
 def collate(items: list[dict]) -> dict:
@@ -96,8 +111,11 @@ def collate(items: list[dict]) -> dict:
     }
 
 
-class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
+class TrainBatchSampler(Sampler[list[tuple[int, int, bool]]]):
     """Shuffled batches for one process, with the image size each batch is made at.
+
+    Yields lists of (index, size, mosaic allowed); mosaic is allowed in epochs before
+    `mosaic_epochs` (None: always), so the last epochs can train on whole images only.
 
     The permutation is drawn from (seed, epoch), split across `num_replicas` processes
     (each gets an equal number of whole batches), and every batch gets one size from
@@ -108,11 +126,13 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
     """
 
     def __init__(self, num_samples: int, batch_size: int, sizes: Sequence[int], seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0, drop_last: bool = True) -> None:
+                 num_replicas: int = 1, rank: int = 0, drop_last: bool = True,
+                 mosaic_epochs: int | None = None) -> None:
         if num_samples < 1:
             raise ValueError("the training split is empty")
         self.num_samples, self.batch_size, self.sizes = num_samples, batch_size, list(sizes)
         self.seed, self.num_replicas, self.rank, self.drop_last = seed, num_replicas, rank, drop_last
+        self.mosaic_epochs = mosaic_epochs
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -127,8 +147,9 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return self._batches_per_replica()
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, bool]]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        mosaic = self.mosaic_epochs is None or self.epoch < self.mosaic_epochs
         self.epoch += 1
         perm = torch.randperm(self.num_samples, generator=g)
         n_batches = self._batches_per_replica()
@@ -139,7 +160,7 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
         size_idx = torch.randint(len(self.sizes), (n_batches,), generator=g)
         for batch, si in zip(perm.tolist(), size_idx.tolist()):
             size = self.sizes[si]
-            yield [(i, size) for i in batch]
+            yield [(i, size, mosaic) for i in batch]
 
 
 class EvalBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -157,9 +178,15 @@ class EvalBatchSampler(Sampler[list[tuple[int, int]]]):
             yield [(i, self.size) for i in self.indices[start : start + self.batch_size]]
 
 
+def stream_seed(seed: int, rank: int) -> int:
+    """A seed for process `rank`'s augmentation stream, derived from the run seed."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 def _seed_worker(worker_id: int) -> None:
-    # torch gives each worker a distinct seed derived from the main process's RNG (itself
-    # seeded by the run seed), so augmentations are reproducible and differ between workers.
+    # torch gives worker k the seed base + k, base drawn from the loader's generator (seeded
+    # from the run seed and the rank), so augmentations are reproducible and differ between
+    # workers and between processes.
     info = torch.utils.data.get_worker_info()
     seed = torch.initial_seed() % 2**31
     np.random.seed(seed)
@@ -177,14 +204,18 @@ class YoloDataModule(L.LightningDataModule):
         layout: "auto", "kaggle" or "voc".
         train_split, val_split, test_split: a CSV name (Kaggle) or "2007-trainval+2012-trainval"
             style (VOCdevkit). With val_split None, `val_fraction` of train is held out (seeded).
-        image_size: evaluation size, and the training size unless `train_sizes` is given.
-        train_sizes: sizes (multiples of 32) to draw one per training batch from.
+        image_size: evaluation size (validation and test), and the training size unless
+            `train_sizes` is given.
+        train_sizes: sizes (multiples of 32) to draw one per training batch from: the batch
+            sampler draws them from the seed, so every DataLoader worker makes its batch at
+            that size and every DDP process makes step k at the same size.
         batch_size, eval_batch_size, num_workers: loader settings.
         skip_bad: skip unreadable images / bad label files (each logged) instead of failing.
         cache_images: keep decoded images in memory (small datasets).
         class_names: the label names (default: the 20 VOC classes).
-        augment: training augmentation settings.
-        seed: seeds the split, the shuffling and the augmentation.
+        augment: training augmentation settings (mosaic, geometry, flip, colour).
+        seed: seeds the split, the shuffling, the batch sizes and the augmentation (each
+            process and each worker gets its own stream derived from it).
     """
 
     def __init__(
@@ -258,7 +289,7 @@ class YoloDataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, dataset: Dataset, batch_sampler: Sampler) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_sampler: Sampler, seed: int = 0) -> DataLoader:
         return DataLoader(
             dataset,
             batch_sampler=batch_sampler,
@@ -266,15 +297,22 @@ class YoloDataModule(L.LightningDataModule):
             collate_fn=collate,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             worker_init_fn=_seed_worker,
+            generator=torch.Generator().manual_seed(seed),
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
-        sampler = TrainBatchSampler(len(self.train_set), self.batch_size, self.train_sizes, self.seed, world, rank)
+        mosaic_epochs = None
+        if self.trainer is not None and self.augment.close_mosaic_epochs > 0:
+            mosaic_epochs = max(0, (self.trainer.max_epochs or 0) - self.augment.close_mosaic_epochs)
+        sampler = TrainBatchSampler(len(self.train_set), self.batch_size, self.train_sizes, self.seed, world, rank,
+                                    mosaic_epochs=mosaic_epochs)
         if self.trainer is not None:  # a resumed run continues the epoch sequence
             sampler.set_epoch(self.trainer.current_epoch)
-        return self._loader(self.train_set, sampler)
+        seed = stream_seed(self.seed, rank)
+        self.train_set.transform.set_seed(seed)  # used as is when num_workers is 0
+        return self._loader(self.train_set, sampler, seed)
 
     def _eval_loader(self, dataset: DetectionDataset) -> DataLoader:
         world, rank = self._world()
