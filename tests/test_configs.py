@@ -4,6 +4,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from yolov3.cli import main
@@ -41,3 +42,25 @@ def test_summary_command(capsys):
 def test_synth_command(tmp_path, capsys):
     main(["synth", "--out", str(tmp_path / "s"), "--train", "3", "--test", "2", "--seed", "1"])
     assert len(list((tmp_path / "s" / "images").glob("*.jpg"))) == 5
+
+
+def test_show_batch_command(synth_root, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    out = tmp_path / "pics" / "batch.png"
+    main(["show-batch", "--config", str(CONFIGS[0].parent / "demo.yaml"), "--out", str(out), "--batches", "2",
+          "--cols", "4", "--cell", "100", "--data.root", str(synth_root), "--data.val_fraction", "0.25",
+          "--data.train_sizes", "[64, 96]", "--data.batch_size", "4"])
+    printed = capsys.readouterr().out
+    assert "wrote 8 train samples from 2 batches" in printed
+    with Image.open(out) as im:
+        assert im.size == (400, 200)
+        pixels = np.asarray(im.convert("RGB"))
+    assert pixels.std() > 10  # pictures were drawn, not an empty canvas
+
+
+def test_commands_without_a_config_reject_config_options():
+    with pytest.raises(SystemExit):
+        main(["summary", "--data.root", "x"])

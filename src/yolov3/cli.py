@@ -11,6 +11,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -49,6 +50,33 @@ def resolve_precision(precision, accelerator) -> str | int | None:
             "so it trains in bf16-mixed instead", precision)
         return "bf16-mixed"
     return precision
+
+
+def load_cli(config: str, overrides: list[str] | None = None) -> YoloCLI:
+    """Instantiate trainer, model and data from a config (plus CLI-style overrides) without running."""
+    with warnings.catch_warnings():
+        # We hand LightningCLI its own argument list on purpose, while sys.argv holds `demo ...`.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return YoloCLI(args=["--config", config, *(overrides or [])], run=False)
+
+
+def _show_batch(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from yolov3.viz import draw_batch, image_grid
+
+    dm = load_cli(args.config, args.overrides).datamodule
+    dm.setup("fit")
+    loader = dm.train_dataloader() if args.split == "train" else dm.val_dataloader()
+    pictures, sizes = [], []
+    for _, batch in zip(range(args.batches), loader):
+        pictures += draw_batch(batch, dm.class_names)
+        sizes.append(batch["images"].shape[-1])
+    if not pictures:
+        raise SystemExit(f"the {args.split} split gave no batches")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid(pictures, cols=args.cols, cell=args.cell)).save(args.out)
+    print(f"wrote {len(pictures)} {args.split} samples from {len(sizes)} batches (sizes {sizes}) to {args.out}")
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -109,10 +137,20 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--test", type=int, default=200, help="synthetic test images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo")
-    return parser, {"summary": _summary, "synth": _synth, "demo": _demo}
+
+    p = sub.add_parser("show-batch", help="draw training samples as the model sees them (augmented, boxes on top)",
+                       epilog="Other arguments are passed to the config, e.g. --data.augment.mosaic_prob 1")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--batches", type=int, default=2, help="how many batches to draw (default 2)")
+    p.add_argument("--split", choices=("train", "val"), default="train")
+    p.add_argument("--cols", type=int, default=4)
+    p.add_argument("--cell", type=int, default=320, help="grid cell size in pixels (larger images are shrunk)")
+    return parser, {"summary": _summary, "synth": _synth, "demo": _demo, "show-batch": _show_batch}
 
 
-OWN_COMMANDS = ("summary", "synth", "demo")
+OWN_COMMANDS = ("summary", "synth", "demo", "show-batch")
+PASSES_OVERRIDES = ("demo", "show-batch")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in OWN_COMMANDS:
         parser, handlers = _own_parser()
         args, extra = parser.parse_known_args(argv)
-        if extra and args.command != "demo":
+        if extra and args.command not in PASSES_OVERRIDES:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra
         handlers[args.command](args)

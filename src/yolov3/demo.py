@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 
 # The bars the mission sets for reduced-width models (class, no-object, object accuracy).
@@ -22,7 +21,7 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
     from rich.console import Console
     from rich.table import Table
 
-    from yolov3.cli import YoloCLI
+    from yolov3.cli import load_cli
     from yolov3.data.synthetic import generate
 
     t0 = time.perf_counter()
@@ -35,10 +34,7 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
         console.print(f"[bold]1/4[/] using the synthetic set already in {data}")
     t_data = time.perf_counter() - t0
 
-    with warnings.catch_warnings():
-        # The demo hands LightningCLI its own argument list on purpose, while sys.argv holds `demo ...`.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = YoloCLI(args=["--config", config, "--data.root", str(data), *(overrides or [])], run=False)
+    cli = load_cli(config, ["--data.root", str(data), *(overrides or [])])
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     console.print(f"[bold]2/4[/] training width {model.hparams.width} for {trainer.max_epochs} epochs "
                   f"on {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}")

@@ -43,6 +43,22 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int], clas
     return np.asarray(im)
 
 
+def draw_batch(batch: dict, class_names: Sequence[str]) -> list[np.ndarray]:
+    """A collated batch (images (B, 3, S, S) uint8, boxes, labels) -> B pictures (S, S, 3)
+    with the boxes and class names the model will be trained on, and the size written in."""
+    pictures = []
+    for image, boxes, labels in zip(batch["images"], batch["boxes"], batch["labels"]):
+        img = image.permute(1, 2, 0).cpu().numpy()
+        picture = draw_boxes(img, boxes.cpu().numpy(), labels.tolist(), class_names)
+        im = Image.fromarray(picture)
+        draw = ImageDraw.Draw(im)
+        text = f"{img.shape[1]}x{img.shape[0]}, {len(labels)} boxes"
+        draw.rectangle((0, 0, draw.textlength(text) + 6, 13), fill=(0, 0, 0))
+        draw.text((3, 1), text, fill=(255, 255, 255))
+        pictures.append(np.asarray(im))
+    return pictures
+
+
 def image_grid(images: Sequence[np.ndarray], cols: int = 4, cell: int = 320) -> np.ndarray:
     """Tile images (each fitted into cell x cell, aspect kept) into one (rows*cell, cols*cell, 3) array."""
     rows = math.ceil(len(images) / cols)
