@@ -20,10 +20,16 @@ def test_demo_writes_the_report(tmp_path, monkeypatch, capsys):
     out = tmp_path / "report"  # the report may live apart from the logger's run folder
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_images"] == 8 and metrics["train_images"] == 18
-    assert set(metrics["test"]) == {"class_acc", "noobj_acc", "obj_acc", "loss"}
+    assert set(metrics["test"]) == {"class_acc", "noobj_acc", "obj_acc", "loss", "map_07", "map_2010", "coco_map",
+                                    "coco_map_50"}
+    assert all(0 <= metrics["test"][k] <= 1 for k in ("map_07", "map_2010", "coco_map"))
     assert "synthetic" in metrics["data"]
-    for name in ("curves.png", "predictions.png", "metrics.json"):
+    results = json.loads((out / "results.json").read_text())
+    assert results["images"] == 8 and len(results["per_class"]) == 20
+    detections = json.loads((out / "detect" / "detections.json").read_text())
+    assert isinstance(detections, list) and len(list((out / "detect").glob("*.jpg"))) == 4
+    for name in ("curves.png", "predictions.png", "metrics.json", "pr_curves.png", "ap_per_class.png"):
         assert (out / name).stat().st_size > 0, name
     assert (run / "metrics.csv").stat().st_size > 0
     printed = capsys.readouterr().out
-    assert "class accuracy" in printed and "no-object accuracy" in printed
+    assert "class accuracy" in printed and "no-object accuracy" in printed and "VOC07 mAP@0.5" in printed

@@ -311,6 +311,7 @@ def postprocess(
     iou_threshold: float = 0.45,
     max_detections: int | None = 100,
     score_mode: str = "obj_cls",
+    max_candidates: int | None = None,
 ) -> list[torch.Tensor]:
     """Decode, score, threshold and class-aware NMS every image of a batch.
 
@@ -322,6 +323,9 @@ def postprocess(
         iou_threshold: NMS suppresses same-class boxes with IoU > this.
         max_detections: per image, the highest-scoring kept boxes (None: all).
         score_mode: "obj_cls" (objectness x max class probability) or "obj" (objectness).
+        max_candidates: per image, only the highest-scoring candidates enter NMS (None:
+            all). Evaluation at a low threshold sets it (an untrained model passes
+            thousands of cells per image).
 
     Returns:
         one (K, 6) float32 tensor per image: x1, y1, x2, y2 (input pixels), score, class;
@@ -329,7 +333,31 @@ def postprocess(
     """
     batch, num_classes = outputs[0].shape[0], outputs[0].shape[-1] - 5
     cand = select_candidates(outputs, anchors, image_size, conf_threshold, score_mode)
+    if max_candidates is not None:
+        cand = top_candidates(cand, batch, max_candidates)
     return nms_per_image(cand, batch, num_classes, iou_threshold, max_detections)
+
+
+def top_candidates(cand: Candidates, batch: int, k: int) -> Candidates:
+    """Keep each image's k highest-scoring candidates (ties: lower cell first), in (image, cell) order."""
+    order = cand.scores.argsort(descending=True, stable=True)
+    order = order[cand.image[order].argsort(stable=True)]  # by image, then falling score, then cell
+    counts = torch.bincount(cand.image, minlength=batch)
+    rank = torch.arange(order.numel(), device=order.device) - (counts.cumsum(0) - counts)[cand.image[order]]
+    keep = order[rank < k].sort().values
+    return Candidates(*(t[keep] for t in cand))
+
+
+def undo_letterbox(boxes: torch.Tensor, letterbox: torch.Tensor, orig_size: torch.Tensor) -> torch.Tensor:
+    """Boxes in a letterboxed input -> boxes in the original image, clipped to it.
+
+    boxes (K, 4) xyxy; letterbox (4,) scale_x, scale_y, pad_x, pad_y (x_in = x * scale + pad);
+    orig_size (2,) width, height of the original image.
+    """
+    sx, sy, px, py = letterbox.to(boxes).unbind()
+    out = (boxes - torch.stack((px, py, px, py))) / torch.stack((sx, sy, sx, sy))
+    w, h = orig_size.to(boxes).unbind()
+    return torch.stack((out[:, 0].clamp(0, w), out[:, 1].clamp(0, h), out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)), 1)
 
 
 def nms_per_image(cand: Candidates, batch: int, num_classes: int, iou_threshold: float = 0.45,

@@ -33,6 +33,20 @@ class YoloCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
+    def after_test(self) -> None:
+        """`yolov3 test`: print the table and per-class AP; write results.json and the plots."""
+        model, trainer = self.model, self.trainer
+        if model.test_results is None or trainer.global_rank != 0:
+            return
+        from yolov3.report import print_report, summarise, write_report
+
+        names = self.datamodule.class_names
+        report = summarise(trainer.callback_metrics, model.test_results, names)
+        print_report(report)
+        out = Path(trainer.log_dir or trainer.default_root_dir) / "test"
+        paths = write_report(report, model.test_results, names, out)
+        print("wrote " + ", ".join(str(p) for p in paths))
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         config.trainer.precision = resolve_precision(config.trainer.precision, config.trainer.accelerator)
@@ -77,6 +91,34 @@ def _show_batch(args: argparse.Namespace) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image_grid(pictures, cols=args.cols, cell=args.cell)).save(args.out)
     print(f"wrote {len(pictures)} {args.split} samples from {len(sizes)} batches (sizes {sizes}) to {args.out}")
+
+
+def _detect(args: argparse.Namespace) -> None:
+    from yolov3.data.sample import DataError
+    from yolov3.detect import run_detect
+
+    try:
+        summary = run_detect(args.sources, args.weights, args.out, conf=args.conf, iou=args.iou, size=args.size,
+                             device=args.device, batch_size=args.batch, max_detections=args.max_det,
+                             skip_bad=args.skip_bad, draw=not args.no_draw)
+    except (FileNotFoundError, DataError, ValueError) as exc:
+        raise SystemExit(f"yolov3 detect: {exc}") from None
+    print(f"{summary['detections']} detections in {summary['images']} images -> {summary['out']}/detections.json"
+          f"{'' if args.no_draw else ' and annotated images'}")
+    for line in summary["skipped"]:
+        print(f"skipped {line}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from yolov3.detector import Detector
+
+    try:
+        detector = Detector.load(args.weights)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"yolov3 export: {exc}") from None
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    detector.save_safetensors(args.out)
+    print(f"wrote {args.out} ({detector.model.num_classes} classes, width {detector.model.width})")
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -146,10 +188,28 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--split", choices=("train", "val"), default="train")
     p.add_argument("--cols", type=int, default=4)
     p.add_argument("--cell", type=int, default=320, help="grid cell size in pixels (larger images are shrunk)")
-    return parser, {"summary": _summary, "synth": _synth, "demo": _demo, "show-batch": _show_batch}
+
+    p = sub.add_parser("detect", help="detect objects in images: annotated copies + detections.json (COCO results)")
+    p.add_argument("sources", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--weights", required=True, help="a .ckpt checkpoint or a .safetensors export")
+    p.add_argument("--out", default="runs/detect", help="output folder (default runs/detect)")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--size", type=int, default=416, help="input size, a multiple of 32 (default 416)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    p.add_argument("--max-det", type=int, default=100, help="detections per image at most")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed) instead of stopping")
+    p.add_argument("--no-draw", action="store_true", help="write only detections.json")
+
+    p = sub.add_parser("export", help="write a checkpoint's weights as one .safetensors file (loads without pickle)")
+    p.add_argument("--weights", required=True, help="a .ckpt checkpoint")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    return parser, {"summary": _summary, "synth": _synth, "demo": _demo, "show-batch": _show_batch,
+                    "detect": _detect, "export": _export}
 
 
-OWN_COMMANDS = ("summary", "synth", "demo", "show-batch")
+OWN_COMMANDS = ("summary", "synth", "demo", "show-batch", "detect", "export")
 PASSES_OVERRIDES = ("demo", "show-batch")
 
 

@@ -52,11 +52,12 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
     out.mkdir(parents=True, exist_ok=True)
     best = trainer.checkpoint_callback.best_model_path
     figures = {k: float(test[f"test/{k}"]) for k in ("class_acc", "noobj_acc", "obj_acc")}
+    maps = {k: float(test[f"test/{k}"]) for k in ("map_07", "map_2010", "coco_map", "coco_map_50")}
     metrics = {
         "data": "synthetic (yolov3 synth), not PASCAL VOC",
         "test_images": len(dm.test_set),
         "train_images": len(dm.train_set),
-        "test": {**figures, "loss": float(test["test/loss"])},
+        "test": {**figures, **maps, "loss": float(test["test/loss"])},
         "bars": BARS,
         "meets_bars": all(figures[k] > v for k, v in BARS.items()),
         "width": model.hparams.width,
@@ -65,6 +66,9 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
         "checkpoint": best,
         "seconds": {"data": round(t_data, 1), "fit": round(t_fit, 1), "test": round(t_test, 1)},
     }
+    from yolov3.report import summarise, write_report
+
+    write_report(summarise(test, model.test_results, dm.class_names), model.test_results, dm.class_names, out)
     _report_pictures(best, dm, out, Path(trainer.log_dir or out) / "metrics.csv")
     metrics["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -75,10 +79,12 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
     for key, name in (("class_acc", "class accuracy"), ("noobj_acc", "no-object accuracy"), ("obj_acc", "object accuracy")):
         ok = figures[key] > BARS[key]
         table.add_row(name, f"{figures[key]:.2f} %", f"{'[green]>' if ok else '[red]<='} {BARS[key]:.0f} %")
+    for key, name in (("map_07", "VOC07 mAP@0.5"), ("map_2010", "VOC2010+ mAP@0.5"), ("coco_map", "COCO mAP@[.5:.95]")):
+        table.add_row(name, f"{100 * maps[key]:.2f}", "")
     table.add_row("loss", f"{metrics['test']['loss']:.3f}", "")
     console.print(table)
-    console.print(f"wrote {out}/metrics.json, curves.png, predictions.png; checkpoint {best}; "
-                  f"{metrics['seconds']['total']:.0f} s in all")
+    console.print(f"wrote {out}/metrics.json, results.json, curves.png, predictions.png, pr_curves.png, "
+                  f"ap_per_class.png, detect/; checkpoint {best}; {metrics['seconds']['total']:.0f} s in all")
     return metrics
 
 
@@ -99,3 +105,7 @@ def _report_pictures(checkpoint: str, dm, out: Path, metrics_csv: Path, n: int =
     from PIL import Image
 
     Image.fromarray(image_grid(tiles, cols=4, cell=320)).save(out / "predictions.png")
+    # what `yolov3 detect` writes, on the first test images
+    from yolov3.detect import run_detect
+
+    run_detect([str(s.path) for s in samples[:4]], checkpoint, str(out / "detect"), size=dm.image_size)

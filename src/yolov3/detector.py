@@ -3,6 +3,7 @@ the CLI, the demo report and the app all call."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,26 +27,85 @@ class Detector:
         conf_threshold, iou_threshold, max_detections: post-processing settings.
     """
 
-    def __init__(self, model: YOLOv3, anchors: torch.Tensor | None = None, class_names=VOC_CLASSES,
+    def __init__(self, model: YOLOv3, anchors: torch.Tensor | None = None, class_names=None,
                  size: int = 416, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
-                 max_detections: int = 100, device: str | torch.device = "cpu") -> None:
+                 max_detections: int = 100, device: str | torch.device = "cpu", score_mode: str = "obj_cls",
+                 source: str = "") -> None:
+        if size % 32 or size < 32:
+            raise ValueError(f"size must be a positive multiple of 32, got {size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.anchors = (anchors if anchors is not None else torch.tensor(DEFAULT_ANCHORS)).to(self.device)
+        if class_names is None:
+            class_names = VOC_CLASSES if model.num_classes == 20 else [str(c) for c in range(model.num_classes)]
+        if len(class_names) != model.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
         self.class_names = tuple(class_names)
         self.size, self.conf_threshold, self.iou_threshold = size, conf_threshold, iou_threshold
-        self.max_detections = max_detections
+        self.max_detections, self.score_mode = max_detections, score_mode
+        self.source = source  # where the weights came from (shown by the CLI and the app)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs) -> Detector:
+        """Load weights from a Lightning checkpoint (.ckpt) or a safetensors export (.safetensors).
+
+        Neither can run code: checkpoints go through torch.load(weights_only=True).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: weights file not found (train with `make demo` or `yolov3 fit`)")
+        if path.suffix == ".safetensors":
+            return cls.from_safetensors(path, **kwargs)
+        return cls.from_checkpoint(path, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> Detector:
         """Load a Lightning checkpoint safely (torch.load(weights_only=True): no code runs)."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors, truncated files, foreign formats
+            raise ValueError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(f"{path}: not a Lightning checkpoint of this project (no state_dict)")
         hp = ckpt.get("hyper_parameters", {})
         model = YOLOv3(num_classes=hp.get("num_classes", 20), width=hp.get("width", 1.0))
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(state)
         anchors = ckpt["state_dict"].get("anchors")
+        kwargs.setdefault("source", str(path))
         return cls(model, anchors=anchors, **kwargs)
+
+    @classmethod
+    def from_safetensors(cls, path: str | Path, **kwargs) -> Detector:
+        """Load an export written by save_safetensors (tensors plus width / class names metadata)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+        if "width" not in meta or "class_names" not in meta:
+            raise ValueError(f"{path}: safetensors file without this project's metadata (width, class_names)")
+        names = json.loads(meta["class_names"])
+        model = YOLOv3(num_classes=len(names), width=float(meta["width"]))
+        anchors = tensors.pop("anchors", None)
+        model.load_state_dict(tensors)
+        kwargs.setdefault("class_names", names)
+        kwargs.setdefault("source", str(path))
+        return cls(model, anchors=anchors, **kwargs)
+
+    def save_safetensors(self, path: str | Path) -> None:
+        """Write the weights, anchors, width and class names as one safetensors file."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tensors["anchors"] = self.anchors.detach().cpu().contiguous()
+        meta = {"width": str(self.model.width), "class_names": json.dumps(list(self.class_names)),
+                "format": "yolov3 detector v1"}
+        save_file(tensors, str(path), metadata=meta)
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -61,7 +121,7 @@ class Detector:
         x = torch.stack(batch).to(self.device).float().div_(255.0)
         outputs = self.model(x)
         dets = postprocess(outputs, self.anchors, (self.size, self.size), self.conf_threshold,
-                           self.iou_threshold, self.max_detections)
+                           self.iou_threshold, self.max_detections, self.score_mode)
         results = []
         for det, info, img in zip(dets, infos, images):
             d = det.float().cpu().numpy()

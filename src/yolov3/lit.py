@@ -9,9 +9,10 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from yolov3.boxes import postprocess, undo_letterbox
 from yolov3.constants import DEFAULT_ANCHORS
 from yolov3.loss import LOSS_TERMS, LossWeights, YoloLoss
-from yolov3.metrics import CourseAccuracy
+from yolov3.metrics import CourseAccuracy, DetectionMAP
 from yolov3.model import YOLOv3
 from yolov3.targets import build_targets
 
@@ -32,6 +33,11 @@ class YoloLitModule(L.LightningModule):
         channels_last: run convolutions in NHWC layout (training steps 1.13-1.17x faster at
             batch 8 and 1.48-1.57x at batch 16 on our 2-core CPU, bench/train_throughput.py;
             also the layout tensor cores prefer under mixed precision).
+        map_every_n_epochs: compute the VOC mAP in validation every n epochs (and at the last
+            epoch); 0 never. Test always computes it, with COCO mAP as well.
+        eval_conf_threshold, eval_iou_threshold, eval_max_detections, eval_max_candidates,
+            score_mode: the detection settings of that evaluation (low threshold, as the VOC
+            protocol integrates over every score; score_mode "obj_cls" or "obj").
     """
 
     def __init__(
@@ -50,6 +56,12 @@ class YoloLitModule(L.LightningModule):
         ignore_threshold: float = 0.5,
         conf_threshold: float = 0.05,
         channels_last: bool = True,
+        map_every_n_epochs: int = 1,
+        eval_conf_threshold: float = 0.005,
+        eval_iou_threshold: float = 0.45,
+        eval_max_detections: int = 100,
+        eval_max_candidates: int = 1000,
+        score_mode: str = "obj_cls",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -66,6 +78,9 @@ class YoloLitModule(L.LightningModule):
         self.test_acc = CourseAccuracy(conf_threshold)
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        self.val_map = DetectionMAP(num_classes)
+        self.test_map = DetectionMAP(num_classes, coco=True)
+        self.test_results: dict | None = None  # the last test's full results (per-class AP, PR curves)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images: (B, 3, S, S) uint8 or float in [0, 1] -> three (B, 3, s, s, 5+C) heads."""
@@ -94,27 +109,61 @@ class YoloLitModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_acc("train", self.train_acc)
 
-    def _eval_step(self, batch: dict, acc: CourseAccuracy, loss: MeanMetric) -> None:
+    def _eval_step(self, batch: dict, acc: CourseAccuracy, loss: MeanMetric, det_map: DetectionMAP | None) -> None:
         outputs, targets, total, _ = self._step(batch)
         acc.update(outputs, targets)
         loss.update(total, weight=outputs[0].shape[0])
+        if det_map is not None:
+            detections, truth = self.detect(outputs, batch)
+            det_map.update(detections, truth, batch["labels"], batch["difficult"], batch["indices"])
+
+    def detect(self, outputs: list[torch.Tensor], batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Evaluation detections of a batch and its ground-truth boxes, both in original image
+        pixels (letterbox undone, clipped to the image): per image (K, 6) and (G, 4)."""
+        h = self.hparams
+        size = tuple(batch["images"].shape[-2:])
+        dets = postprocess(outputs, self.anchors, size, h.eval_conf_threshold, h.eval_iou_threshold,
+                           h.eval_max_detections, h.score_mode, h.eval_max_candidates)
+        detections, truth = [], []
+        for det, boxes, lb, orig in zip(dets, batch["boxes"], batch["letterbox"], batch["orig_sizes"]):
+            detections.append(torch.cat((undo_letterbox(det[:, :4], lb, orig), det[:, 4:]), 1))
+            truth.append(undo_letterbox(boxes.to(det), lb, orig))
+        return detections, truth
+
+    def _map_now(self) -> bool:
+        n = self.hparams.map_every_n_epochs
+        if n <= 0 or self.trainer.sanity_checking:
+            return False
+        last = self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs
+        return (self.current_epoch + 1) % n == 0 or last or not self.trainer.training
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_acc, self.val_loss)
+        self._eval_step(batch, self.val_acc, self.val_loss, self.val_map if self._map_now() else None)
 
     def on_validation_epoch_end(self) -> None:
-        self._end_eval("val", self.val_acc, self.val_loss)
+        self._end_eval("val", self.val_acc, self.val_loss, self.val_map)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_acc, self.test_loss)
+        self._eval_step(batch, self.test_acc, self.test_loss, self.test_map)
 
     def on_test_epoch_end(self) -> None:
-        self._end_eval("test", self.test_acc, self.test_loss)
+        self._end_eval("test", self.test_acc, self.test_loss, self.test_map)
 
-    def _end_eval(self, stage: str, acc: CourseAccuracy, loss: MeanMetric) -> None:
+    def _end_eval(self, stage: str, acc: CourseAccuracy, loss: MeanMetric, det_map: DetectionMAP) -> None:
         self.log(f"{stage}/loss", loss.compute(), prog_bar=stage == "val")
         loss.reset()
         self._log_acc(stage, acc)
+        if det_map.update_count > 0:
+            # compute() gathers every process's detections, so each logs the same value
+            results = det_map.compute()
+            det_map.reset()
+            self.log(f"{stage}/map_07", results["map_07"], prog_bar=stage == "val")
+            self.log(f"{stage}/map_2010", results["map_2010"])
+            if "coco_map" in results:
+                self.log(f"{stage}/coco_map", results["coco_map"])
+                self.log(f"{stage}/coco_map_50", results["coco_map_50"])
+            if stage == "test":
+                self.test_results = results
 
     def _log_acc(self, stage: str, metric: CourseAccuracy) -> None:
         # compute() syncs the integer counts across processes, so no sync_dist is needed.

@@ -112,3 +112,59 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
+
+
+def plot_pr_curves(precision: Sequence[np.ndarray], recall: Sequence[np.ndarray], ap: Sequence[float],
+                   class_names: Sequence[str], out_png: str | Path) -> None:
+    """One small precision-recall panel per class (the raw curve and its VOC envelope)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    cols = 5
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.3 * rows), sharex=True, sharey=True, squeeze=False)
+    for c, ax in enumerate(axes.flat):
+        if c >= n:
+            ax.axis("off")
+            continue
+        p, r = np.asarray(precision[c], float), np.asarray(recall[c], float)
+        if len(p) and not np.isnan(r).all():
+            envelope = np.maximum.accumulate(p[::-1])[::-1]  # best precision at this recall or beyond
+            ax.plot(r, p, color="0.7", lw=1)
+            ax.step(r, envelope, where="post", color="C0", lw=1.5)
+        title = class_names[c] if np.isnan(ap[c]) else f"{class_names[c]}  AP {100 * ap[c]:.1f}"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    fig.supxlabel("recall")
+    fig.supylabel("precision")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def plot_ap_bars(ap_07: Sequence[float], ap_2010: Sequence[float], class_names: Sequence[str],
+                 out_png: str | Path) -> None:
+    """Per-class AP@0.5, VOC07 11-point and VOC2010+ all-point side by side, with the means."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a07, a10 = 100 * np.asarray(ap_07, float), 100 * np.asarray(ap_2010, float)
+    x = np.arange(len(class_names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(class_names) + 2), 3.6))
+    ax.bar(x - 0.2, np.nan_to_num(a07), 0.4, label=f"VOC07 11-point (mAP {np.nanmean(a07):.1f})")
+    ax.bar(x + 0.2, np.nan_to_num(a10), 0.4, label=f"VOC2010+ all-point (mAP {np.nanmean(a10):.1f})")
+    ax.set_xticks(x, class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("AP@0.5 (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)

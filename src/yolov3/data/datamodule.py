@@ -57,7 +57,7 @@ class DetectionDataset(Dataset):
         allow_mosaic = item[2] if len(item) > 2 else True
         sample = self._sample(index)
         h, w = sample.image.shape[:2]
-        out: dict = {"path": sample.path, "orig_size": (w, h)}
+        out: dict = {"index": index, "path": sample.path, "orig_size": (w, h)}
         if self.train:
             s = self.transform(sample, size, pool=_Loaded(self) if allow_mosaic else None)
             out["letterbox"] = (1.0, 1.0, 0.0, 0.0)
@@ -106,6 +106,7 @@ def collate(items: list[dict]) -> dict:
         "labels": [it["labels"] for it in items],
         "difficult": [it["difficult"] for it in items],
         "paths": [it["path"] for it in items],
+        "indices": torch.tensor([it.get("index", -1) for it in items], dtype=torch.long),
         "orig_sizes": torch.tensor([it["orig_size"] for it in items]),
         "letterbox": torch.tensor([it["letterbox"] for it in items], dtype=torch.float32),
     }

@@ -1,0 +1,198 @@
+"""VOC mAP inside Lightning (metric, coordinate frame), `yolov3 test`, `yolov3 detect`, export."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from yolov3.boxes import undo_letterbox
+from yolov3.cli import main
+from yolov3.data.augment import letterbox
+from yolov3.data.datamodule import YoloDataModule
+from yolov3.data.sample import Sample
+from yolov3.detector import Detector
+from yolov3.evaluation import VOCEvaluator
+from yolov3.lit import YoloLitModule
+from yolov3.metrics import DetectionMAP
+
+DEMO = Path(__file__).parent.parent / "configs" / "demo.yaml"
+
+
+def random_split(seed, n_images=12, num_classes=4):
+    rng = np.random.default_rng(seed)
+    dets, gts = [], []
+    for _ in range(n_images):
+        g = rng.integers(0, 5)
+        xy = rng.uniform(0, 80, (g, 2))
+        boxes = np.concatenate((xy, xy + rng.uniform(5, 40, (g, 2))), 1)
+        gts.append({"boxes": boxes, "labels": rng.integers(0, num_classes, g), "difficult": rng.random(g) < 0.2})
+        k = rng.integers(0, 7)
+        noisy = np.concatenate((boxes, rng.uniform(0, 100, (k, 4))))[: g + k]
+        noisy = np.sort(noisy.reshape(-1, 2, 2), axis=1).reshape(-1, 4) + rng.normal(0, 2, (len(noisy), 4))
+        cls = np.concatenate((gts[-1]["labels"], rng.integers(0, num_classes, k)))[: len(noisy)]
+        dets.append(np.concatenate((noisy, rng.random((len(noisy), 1)), cls[:, None]), 1))
+    return dets, gts
+
+
+def feed(metric, dets, gts, ids):
+    metric.update([torch.tensor(dets[i]) for i in ids], [torch.tensor(gts[i]["boxes"]) for i in ids],
+                  [torch.tensor(gts[i]["labels"]) for i in ids], [torch.tensor(gts[i]["difficult"]) for i in ids],
+                  torch.tensor(ids))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_detection_map_equals_the_evaluator_however_images_are_split(seed):
+    dets, gts = random_split(seed)
+    reference = VOCEvaluator(4)
+    reference.update(dets, gts, image_ids=range(len(dets)))
+    expected = reference.compute()
+    one = DetectionMAP(4)
+    feed(one, dets, gts, list(range(12)))
+    # two "processes" with shuffled, uneven shards: gather = concatenating their states
+    a, b = DetectionMAP(4), DetectionMAP(4)
+    feed(a, dets, gts, [7, 1, 3])
+    feed(b, dets, gts, [0, 11, 2, 5, 4, 6, 10, 9, 8])
+    merged = DetectionMAP(4)
+    for name in ("detections", "ground_truth", "images"):
+        setattr(merged, name, getattr(a, name) + getattr(b, name))
+    merged._update_count = 1  # as after a gather: compute() without its own update()
+    for m in (one, merged):
+        out = m.compute()
+        np.testing.assert_equal(out["map_07"], expected["map_07"])
+        np.testing.assert_equal(out["map_2010"], expected["map_2010"])
+        np.testing.assert_array_equal(out["voc"]["ap_2010"], expected["ap_2010"])
+
+
+def test_perfect_detections_give_map_one():
+    dets, gts = random_split(0)
+    perfect = [np.concatenate((g["boxes"], np.ones((len(g["boxes"]), 1)), g["labels"][:, None]), 1) for g in gts]
+    m = DetectionMAP(4, coco=True)
+    feed(m, perfect, gts, list(range(12)))
+    out = m.compute()
+    assert out["map_07"] == pytest.approx(1.0) and out["map_2010"] == pytest.approx(1.0)
+    assert out["coco_map"] == pytest.approx(1.0)
+
+
+def test_undo_letterbox_matches_the_numpy_letterbox():
+    rng = np.random.default_rng(0)
+    img = np.zeros((300, 500, 3), np.uint8)
+    boxes = np.array([[10, 20, 200, 290], [0, 0, 500, 300]], np.float32)
+    out, info = letterbox(Sample(img, boxes, np.zeros(2)), 416)
+    back = undo_letterbox(torch.from_numpy(out.boxes), torch.tensor([info.scale_x, info.scale_y, info.pad_x, info.pad_y]),
+                          torch.tensor([500, 300]))
+    np.testing.assert_allclose(back.numpy(), boxes, atol=1e-3)
+    # boxes reaching into the padding are clipped to the image
+    pad_box = torch.tensor([[0.0, 0.0, 416.0, 416.0]])
+    clipped = undo_letterbox(pad_box, torch.tensor([info.scale_x, info.scale_y, info.pad_x, info.pad_y]),
+                             torch.tensor([500, 300]))
+    np.testing.assert_allclose(clipped.numpy(), [[0, 0, 500, 300]], atol=1e-3)
+    assert rng is not None
+
+
+def test_lightning_evaluates_in_original_pixels(synth_root):
+    dm = YoloDataModule(root=str(synth_root), image_size=96, batch_size=3, num_workers=0, val_fraction=0.25)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    model = YoloLitModule(width=0.0625).eval()
+    with torch.no_grad():
+        detections, truth = model.detect(model(batch["images"]), batch)
+    for i, idx in enumerate(batch["indices"].tolist()):
+        source = dm.test_set.source[idx]
+        np.testing.assert_allclose(truth[i].numpy(), source.boxes, atol=1e-3)
+        h, w = source.image.shape[:2]
+        d = detections[i]
+        assert d.shape[1] == 6 and len(d) <= 100
+        assert (d[:, [0, 2]] <= w + 1e-3).all() and (d[:, [1, 3]] <= h + 1e-3).all() and (d[:, :4] >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    module = YoloLitModule(width=0.0625)
+    path = tmp_path_factory.mktemp("w") / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def test_detect_writes_pictures_and_coco_results(synth_root, tiny_checkpoint, tmp_path, capsys):
+    images = sorted((synth_root / "images").glob("*.jpg"))[:3]
+    out = tmp_path / "out"
+    pattern = images[1].parent / f"{images[1].stem[:-1]}[{images[1].stem[-1]}]{images[1].suffix}"  # a glob
+    main(["detect", str(images[0]), str(pattern), str(images[2]), "--weights", str(tiny_checkpoint),
+          "--out", str(out), "--conf", "0.01", "--size", "96"])
+    results = json.loads((out / "detections.json").read_text())
+    detector = Detector.load(tiny_checkpoint, size=96, conf_threshold=0.01)
+    expected = [detector([np.asarray(Image.open(p).convert("RGB"))])[0] for p in images]
+    assert len(results) == sum(len(e) for e in expected) > 0
+    for i, e in enumerate(expected):
+        rows = [r for r in results if r["image_id"] == i]
+        assert [r["file_name"] for r in rows] == [str(images[i])] * len(e)
+        # a random model's scores nearly tie, and batching moves them in the last bits: match
+        # every written row to some detection of the image instead of row by row
+        for r in rows:
+            x, y, w, h = r["bbox"]
+            dist = np.abs(e[:, :4] - [x, y, x + w, y + h]).max(1) + 1e3 * (e[:, 5] != r["category_id"])
+            j = int(dist.argmin())
+            assert dist[j] < 0.02 and abs(e[j, 4] - r["score"]) < 1e-4
+            assert r["category_name"] == detector.class_names[r["category_id"]]
+    assert sorted(p.name for p in out.glob("*.jpg")) == sorted(p.name for p in images)
+    assert f"{len(results)} detections in 3 images" in capsys.readouterr().out
+
+
+def test_safetensors_export_gives_the_same_detections(synth_root, tiny_checkpoint, tmp_path):
+    st = tmp_path / "tiny.safetensors"
+    main(["export", "--weights", str(tiny_checkpoint), "--out", str(st)])
+    img = np.asarray(Image.open(sorted((synth_root / "images").glob("*.jpg"))[0]).convert("RGB"))
+    a = Detector.load(tiny_checkpoint, size=96, conf_threshold=0.01)([img])[0]
+    b = Detector.load(st, size=96, conf_threshold=0.01)([img])[0]
+    assert len(a) > 0
+    np.testing.assert_array_equal(a, b)
+
+
+def test_detect_bad_inputs_get_clear_messages(synth_root, tiny_checkpoint, tmp_path, capsys):
+    good = sorted((synth_root / "images").glob("*.jpg"))[0]
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(good.read_bytes()[:200])
+    text = tmp_path / "notes.txt"
+    text.write_text("not weights")
+    cases = [
+        ([str(tmp_path / "missing.jpg")], str(tiny_checkpoint), "missing.jpg: no such file"),
+        ([str(tmp_path / "*.png")], str(tiny_checkpoint), "no images"),
+        ([str(bad)], str(tiny_checkpoint), "cut.jpg: cannot read image"),
+        ([str(good)], str(tmp_path / "none.ckpt"), "none.ckpt: weights file not found"),
+        ([str(good)], str(text), "notes.txt: not a loadable checkpoint"),
+    ]
+    for sources, weights, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["detect", *sources, "--weights", weights, "--out", str(tmp_path / "o")])
+        assert message in str(exc.value), (message, str(exc.value))
+    main(["detect", str(good), str(bad), "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "o"),
+          "--skip-bad", "--size", "64"])
+    out = capsys.readouterr().out
+    assert "in 1 images" in out and "skipped" in out and "cut.jpg" in out
+
+
+def test_yolov3_test_prints_the_table_and_writes_the_report(synth_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    common = ["--config", str(DEMO), "--data.root", str(synth_root), "--data.val_fraction", "0.25",
+              "--data.image_size", "64", "--data.train_sizes", "[64]", "--data.batch_size", "4",
+              "--data.cache_images", "false", "--model.width", "0.0625", "--trainer.max_epochs", "1",
+              "--trainer.limit_train_batches", "2"]
+    main(["fit", *common, "--trainer.limit_val_batches", "1"])
+    ckpt = tmp_path / "runs" / "demo" / "checkpoints" / "last.ckpt"
+    assert ckpt.exists()
+    main(["test", *common, "--ckpt_path", str(ckpt)])
+    printed = capsys.readouterr().out
+    for row in ("class accuracy", "VOC07 mAP@0.5", "VOC2010+ mAP@0.5", "COCO mAP@[.5:.95]", "Per-class AP", "aeroplane"):
+        assert row in printed, row
+    report = json.loads((tmp_path / "runs" / "demo" / "test" / "results.json").read_text())
+    assert report["images"] == 8 and len(report["per_class"]) == 20
+    assert {"class_acc", "map_07", "map_2010", "coco_map"} <= set(report["summary"])
+    for png in ("pr_curves.png", "ap_per_class.png"):
+        with Image.open(tmp_path / "runs" / "demo" / "test" / png) as im:
+            assert im.size[0] > 300
