@@ -104,8 +104,11 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> None:
     for key, label in (("val/class_acc", "class"), ("val/noobj_acc", "no-object"), ("val/obj_acc", "object")):
         ex, ey = series(key)
         ax2.plot(np.asarray(ex) + 1, ey, "o-", label=f"val {label} accuracy")
+    ex, ey = series("val/map_2010")
+    if ex:
+        ax2.plot(np.asarray(ex) + 1, 100 * np.asarray(ey), "s--", label="val VOC2010+ mAP@0.5")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("%")
+    ax2.set_ylabel("% (mAP x 100)")
     ax2.set_ylim(0, 100)
     ax2.legend(loc="lower right")
     ax2.grid(alpha=0.3)
