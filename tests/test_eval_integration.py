@@ -196,3 +196,25 @@ def test_yolov3_test_prints_the_table_and_writes_the_report(synth_root, tmp_path
     for png in ("pr_curves.png", "ap_per_class.png"):
         with Image.open(tmp_path / "runs" / "demo" / "test" / png) as im:
             assert im.size[0] > 300
+
+
+def test_map_every_n_epochs_in_a_fit(synth_root):
+    import lightning as L
+
+    logged = []
+
+    class Record(L.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            logged.append("val/map_07" in trainer.callback_metrics)
+
+    dm = YoloDataModule(root=str(synth_root), image_size=64, batch_size=4, num_workers=0, val_fraction=0.25)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=5, limit_train_batches=1, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        use_distributed_sampler=False, num_sanity_val_steps=0, callbacks=[Record()])
+    model = YoloLitModule(width=0.0625, map_every_n_epochs=2)
+    calls = []
+    original = model.val_map.update
+    model.val_map.update = lambda *a, **k: (calls.append(model.current_epoch), original(*a, **k))[1]
+    trainer.fit(model, datamodule=dm)
+    assert sorted(set(calls)) == [1, 3, 4]  # epochs 2 and 4 (1-based), and the last one
+    assert trainer.validate(model, datamodule=dm, verbose=False)[0]["val/map_07"] >= 0  # validate alone: always

@@ -131,11 +131,15 @@ class YoloLitModule(L.LightningModule):
         return detections, truth
 
     def _map_now(self) -> bool:
+        """Whether this validation computes mAP: every n-th epoch and the last one of a fit,
+        always for `validate` on its own; never in the sanity check or with n = 0."""
         n = self.hparams.map_every_n_epochs
         if n <= 0 or self.trainer.sanity_checking:
             return False
+        if self.trainer.state.fn != "fit":
+            return True
         last = self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs
-        return (self.current_epoch + 1) % n == 0 or last or not self.trainer.training
+        return (self.current_epoch + 1) % n == 0 or last
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.val_acc, self.val_loss, self.val_map if self._map_now() else None)
