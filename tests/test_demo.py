@@ -28,7 +28,13 @@ def test_demo_writes_the_report(tmp_path, monkeypatch, capsys):
     assert results["images"] == 8 and len(results["per_class"]) == 20
     detections = json.loads((out / "detect" / "detections.json").read_text())
     assert isinstance(detections, list) and len(list((out / "detect").glob("*.jpg"))) == 4
-    for name in ("curves.png", "predictions.png", "metrics.json", "pr_curves.png", "ap_per_class.png"):
+    # Grad-CAM / EigenCAM overlays of the first three test images (yolov3 cam)
+    cam = json.loads((out / "cam" / "cam.json").read_text())
+    assert len(list((out / "cam").glob("*_eigencam.png"))) == 3
+    assert len(list((out / "cam").glob("*_det*_gradcam.png"))) == len(cam)
+    assert all(abs(r["target"] - r["score"]) <= 2e-6 for r in cam)
+    assert not (out / "cam" / "contact_sheet.png").exists()
+    for name in ("curves.png", "predictions.png", "metrics.json", "pr_curves.png", "ap_per_class.png", "cam_sheet.png"):
         assert (out / name).stat().st_size > 0, name
     assert (run / "metrics.csv").stat().st_size > 0
     printed = capsys.readouterr().out

@@ -370,6 +370,15 @@ def nms_per_image(cand: Candidates, batch: int, num_classes: int, iou_threshold:
         num_classes: C.
         iou_threshold, max_detections: as in postprocess.
     """
+    keep, counts = _kept_candidates(cand, batch, num_classes, iou_threshold, max_detections)
+    det = torch.cat((cand.boxes[keep], cand.scores[keep, None], cand.classes[keep, None].float()), 1)
+    return list(det.split(counts.tolist()))
+
+
+def _kept_candidates(cand: Candidates, batch: int, num_classes: int, iou_threshold: float,
+                     max_detections: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """NMS survivors: indices into cand (K,), grouped by image, each image's by falling score,
+    and the number kept per image (B,)."""
     # a group is one (image, class): a single NMS pass serves every image of the batch
     keep = batched_nms(cand.boxes, cand.scores, cand.image * num_classes + cand.classes, iou_threshold)
     keep = keep[cand.image[keep].argsort(stable=True)]  # per image, still by falling score
@@ -378,5 +387,51 @@ def nms_per_image(cand: Candidates, batch: int, num_classes: int, iou_threshold:
         rank = torch.arange(keep.numel(), device=keep.device) - (counts.cumsum(0) - counts)[cand.image[keep]]
         keep = keep[rank < max_detections]
         counts = counts.clamp(max=max_detections)
+    return keep, counts
+
+
+def postprocess_with_cells(
+    outputs: list[torch.Tensor],
+    anchors: torch.Tensor,
+    image_size: tuple[int, int],
+    conf_threshold: float = 0.25,
+    iou_threshold: float = 0.45,
+    max_detections: int | None = 100,
+    score_mode: str = "obj_cls",
+    max_candidates: int | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """postprocess, plus where each detection came from in the head outputs.
+
+    Same arguments and the same detections as postprocess (the same candidates and the same
+    NMS, row for row). Explanations (yolov3.cam) need the source of each box to rebuild its
+    score from the raw outputs with the autograd graph kept.
+
+    Returns:
+        dets: one (K, 6) float32 tensor per image, exactly as postprocess returns them.
+        cells: one (K, 4) long tensor per image: scale (index into outputs), anchor, row,
+            column of the head cell each detection was decoded from.
+    """
+    batch, num_classes = outputs[0].shape[0], outputs[0].shape[-1] - 5
+    cand = select_candidates(outputs, anchors, image_size, conf_threshold, score_mode)
+    if max_candidates is not None:
+        cand = top_candidates(cand, batch, max_candidates)
+    keep, counts = _kept_candidates(cand, batch, num_classes, iou_threshold, max_detections)
     det = torch.cat((cand.boxes[keep], cand.scores[keep, None], cand.classes[keep, None].float()), 1)
-    return list(det.split(counts.tolist()))
+    cells = flat_cell_to_index(cand.cell[keep], [tuple(o.shape[1:4]) for o in outputs])
+    return list(det.split(counts.tolist())), list(cells.split(counts.tolist()))
+
+
+def flat_cell_to_index(cell: torch.Tensor, shapes: list[tuple[int, int, int]]) -> torch.Tensor:
+    """Flat cell indices of decode_heads' order -> (K, 4) long (scale, anchor, row, column).
+
+    cell (K,) long; shapes: per scale (A, gh, gw).
+    """
+    out = torch.zeros(cell.shape[0], 4, dtype=torch.long, device=cell.device)
+    offset = 0
+    for s, (a, gh, gw) in enumerate(shapes):
+        n = a * gh * gw
+        here = (cell >= offset) & (cell < offset + n)
+        local = cell[here] - offset
+        out[here] = torch.stack((torch.full_like(local, s), local // (gh * gw), (local // gw) % gh, local % gw), 1)
+        offset += n
+    return out

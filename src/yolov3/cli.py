@@ -109,6 +109,22 @@ def _detect(args: argparse.Namespace) -> None:
         print(f"skipped {line}")
 
 
+def _cam(args: argparse.Namespace) -> None:
+    from yolov3.cam import run_cam
+
+    try:
+        summary = run_cam(args.images, args.weights, args.out, method=args.method, layer=args.layer, size=args.size,
+                          conf=args.conf, iou=args.iou, device=args.device, max_detections=args.max_det,
+                          batch_size=args.batch)
+    except (FileNotFoundError, ValueError) as exc:  # DataError (unreadable image) is a ValueError
+        raise SystemExit(f"yolov3 cam: {exc}") from None
+    print(f"{summary['detections']} detections in {summary['images']} images: {summary['pictures']} overlays and "
+          f"contact_sheet.png in {summary['out']} ({summary['seconds_per_image']:.2f} s per image)")
+    if summary["zero_maps"]:
+        print(f"{summary['zero_maps']} detections do not depend on layer {args.layer!r} (their maps are empty); "
+              f"try --layer head or backbone")
+
+
 def _export(args: argparse.Namespace) -> None:
     from yolov3.detector import Detector
 
@@ -202,14 +218,32 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed) instead of stopping")
     p.add_argument("--no-draw", action="store_true", help="write only detections.json")
 
+    p = sub.add_parser("cam", help="Grad-CAM / Grad-CAM++ per detection and EigenCAM per image",
+                       description="One overlay per detection (its own map, its box drawn), one EigenCAM "
+                                   "overlay per image, contact_sheet.png and cam.json in --out.")
+    p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--weights", required=True, help="a .ckpt checkpoint or a .safetensors export")
+    p.add_argument("--method", choices=("gradcam", "gradcam++", "eigencam"), default="gradcam",
+                   help="per-detection method (eigencam: only the per-image maps); default gradcam")
+    p.add_argument("--layer", default="head",
+                   help="head (each box at its own scale's head; default), head32, head16, head8, backbone, "
+                        "or a module path such as layers.14")
+    p.add_argument("--out", default="runs/cam", help="output folder (default runs/cam)")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--size", type=int, default=416, help="input size, a multiple of 32 (default 416)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--max-det", type=int, default=20, help="detections explained per image at most (default 20)")
+    p.add_argument("--batch", type=int, default=4, help="images per forward pass")
+
     p = sub.add_parser("export", help="write a checkpoint's weights as one .safetensors file (loads without pickle)")
     p.add_argument("--weights", required=True, help="a .ckpt checkpoint")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     return parser, {"summary": _summary, "synth": _synth, "demo": _demo, "show-batch": _show_batch,
-                    "detect": _detect, "export": _export}
+                    "detect": _detect, "export": _export, "cam": _cam}
 
 
-OWN_COMMANDS = ("summary", "synth", "demo", "show-batch", "detect", "export")
+OWN_COMMANDS = ("summary", "synth", "demo", "show-batch", "detect", "export", "cam")
 PASSES_OVERRIDES = ("demo", "show-batch")
 
 

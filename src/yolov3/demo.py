@@ -84,7 +84,8 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
     table.add_row("loss", f"{metrics['test']['loss']:.3f}", "")
     console.print(table)
     console.print(f"wrote {out}/metrics.json, results.json, curves.png, predictions.png, pr_curves.png, "
-                  f"ap_per_class.png, detect/; checkpoint {best}; {metrics['seconds']['total']:.0f} s in all")
+                  f"ap_per_class.png, detect/, cam/, cam_sheet.png; checkpoint {best}; "
+                  f"{metrics['seconds']['total']:.0f} s in all")
     return metrics
 
 
@@ -109,3 +110,11 @@ def _report_pictures(checkpoint: str, dm, out: Path, metrics_csv: Path, n: int =
     from yolov3.detect import run_detect
 
     run_detect([str(s.path) for s in samples[:4]], checkpoint, str(out / "detect"), size=dm.image_size)
+    # what `yolov3 cam` writes: Grad-CAM of each detection, EigenCAM of each image
+    import shutil
+
+    from yolov3.cam import run_cam
+
+    shutil.rmtree(out / "cam", ignore_errors=True)  # no overlays left over from an earlier run
+    run_cam([str(s.path) for s in samples[:3]], checkpoint, str(out / "cam"), size=dm.image_size,
+            max_detections=4, sheet_path=out / "cam_sheet.png")

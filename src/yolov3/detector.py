@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolov3.boxes import postprocess
+from yolov3.boxes import postprocess, postprocess_with_cells
 from yolov3.constants import DEFAULT_ANCHORS, VOC_CLASSES
-from yolov3.data.augment import letterbox
+from yolov3.data.augment import Letterbox, letterbox
 from yolov3.data.sample import Sample
 from yolov3.model import YOLOv3
 
@@ -107,28 +107,43 @@ class Detector:
                 "format": "yolov3 detector v1"}
         save_file(tensors, str(path), metadata=meta)
 
+    def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[Letterbox]]:
+        """images: list of (H, W, 3) uint8 RGB -> (B, 3, S, S) float in [0, 1] on the
+        detector's device (letterboxed to S = self.size) and one Letterbox per image."""
+        batch, infos = [], []
+        for img in images:
+            boxed, info = letterbox(Sample(img, np.zeros((0, 4)), np.zeros(0)), self.size)
+            batch.append(torch.from_numpy(boxed.image).permute(2, 0, 1))
+            infos.append(info)
+        # out of place: explanations (yolov3.cam) may ask for gradients from this tensor on
+        return torch.stack(batch).to(self.device).float() / 255.0, infos
+
+    def decode(self, outputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Head outputs -> per image (K, 6) detections in input pixels and (K, 4) long
+        (scale, anchor, row, column) cells they came from, with this detector's settings."""
+        return postprocess_with_cells([o.detach() for o in outputs], self.anchors, (self.size, self.size),
+                                      self.conf_threshold, self.iou_threshold, self.max_detections,
+                                      self.score_mode)
+
+    @staticmethod
+    def to_original(det: torch.Tensor, info: Letterbox, image_shape: tuple[int, ...]) -> np.ndarray:
+        """(K, 6) detections in input pixels -> (K, 6) float32 array in original pixels, clipped."""
+        d = det.detach().float().cpu().numpy()
+        if len(d):
+            d[:, :4] = info.undo(d[:, :4])
+            h, w = image_shape[:2]
+            d[:, [0, 2]] = d[:, [0, 2]].clip(0, w)
+            d[:, [1, 3]] = d[:, [1, 3]].clip(0, h)
+        return d.astype(np.float32)
+
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """images: list of (H, W, 3) uint8 RGB -> per image (K, 6) float32 array of
         x1, y1, x2, y2 (original pixels), score, class."""
         if not images:
             return []
-        batch, infos = [], []
-        for img in images:
-            boxed, info = letterbox(Sample(img, np.zeros((0, 4)), np.zeros(0)), self.size)
-            batch.append(torch.from_numpy(boxed.image).permute(2, 0, 1))
-            infos.append(info)
-        x = torch.stack(batch).to(self.device).float().div_(255.0)
+        x, infos = self.preprocess(images)
         outputs = self.model(x)
         dets = postprocess(outputs, self.anchors, (self.size, self.size), self.conf_threshold,
                            self.iou_threshold, self.max_detections, self.score_mode)
-        results = []
-        for det, info, img in zip(dets, infos, images):
-            d = det.float().cpu().numpy()
-            if len(d):
-                d[:, :4] = info.undo(d[:, :4])
-                h, w = img.shape[:2]
-                d[:, [0, 2]] = d[:, [0, 2]].clip(0, w)
-                d[:, [1, 3]] = d[:, [1, 3]].clip(0, h)
-            results.append(d.astype(np.float32))
-        return results
+        return [self.to_original(det, info, img.shape) for det, info, img in zip(dets, infos, images)]
