@@ -170,6 +170,15 @@ def _demo(args: argparse.Namespace) -> None:
              out_dir=args.out, overrides=args.overrides)
 
 
+def _add_detector_args(p: argparse.ArgumentParser) -> None:
+    """The options every command that runs a Detector takes."""
+    p.add_argument("--weights", required=True, help="a .ckpt checkpoint or a .safetensors export")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--size", type=int, default=416, help="input size, a multiple of 32 (default 416)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], None]]]:
     parser = argparse.ArgumentParser(prog="yolov3")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,12 +216,8 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
 
     p = sub.add_parser("detect", help="detect objects in images: annotated copies + detections.json (COCO results)")
     p.add_argument("sources", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--weights", required=True, help="a .ckpt checkpoint or a .safetensors export")
     p.add_argument("--out", default="runs/detect", help="output folder (default runs/detect)")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--size", type=int, default=416, help="input size, a multiple of 32 (default 416)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    _add_detector_args(p)
     p.add_argument("--batch", type=int, default=8, help="images per forward pass")
     p.add_argument("--max-det", type=int, default=100, help="detections per image at most")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed) instead of stopping")
@@ -222,17 +227,13 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
                        description="One overlay per detection (its own map, its box drawn), one EigenCAM "
                                    "overlay per image, contact_sheet.png and cam.json in --out.")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--weights", required=True, help="a .ckpt checkpoint or a .safetensors export")
     p.add_argument("--method", choices=("gradcam", "gradcam++", "eigencam"), default="gradcam",
                    help="per-detection method (eigencam: only the per-image maps); default gradcam")
     p.add_argument("--layer", default="head",
                    help="head (each box at its own scale's head; default), head32, head16, head8, backbone, "
                         "or a module path such as layers.14")
     p.add_argument("--out", default="runs/cam", help="output folder (default runs/cam)")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--size", type=int, default=416, help="input size, a multiple of 32 (default 416)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    _add_detector_args(p)
     p.add_argument("--max-det", type=int, default=20, help="detections explained per image at most (default 20)")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolov3.boxes import postprocess, postprocess_with_cells
+from yolov3.boxes import postprocess, postprocess_with_cells, undo_letterbox
 from yolov3.constants import DEFAULT_ANCHORS, VOC_CLASSES
 from yolov3.data.augment import Letterbox, letterbox
 from yolov3.data.sample import Sample
@@ -128,13 +128,11 @@ class Detector:
     @staticmethod
     def to_original(det: torch.Tensor, info: Letterbox, image_shape: tuple[int, ...]) -> np.ndarray:
         """(K, 6) detections in input pixels -> (K, 6) float32 array in original pixels, clipped."""
-        d = det.detach().float().cpu().numpy()
-        if len(d):
-            d[:, :4] = info.undo(d[:, :4])
-            h, w = image_shape[:2]
-            d[:, [0, 2]] = d[:, [0, 2]].clip(0, w)
-            d[:, [1, 3]] = d[:, [1, 3]].clip(0, h)
-        return d.astype(np.float32)
+        d = det.detach().float().cpu()
+        h, w = image_shape[:2]
+        letterbox = torch.tensor([info.scale_x, info.scale_y, info.pad_x, info.pad_y])
+        boxes = undo_letterbox(d[:, :4], letterbox, torch.tensor([w, h]))  # the evaluation's own undo
+        return torch.cat((boxes, d[:, 4:]), 1).numpy().astype(np.float32)
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
