@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 
@@ -116,8 +117,6 @@ class DetectionMAP(Metric):
 
 def _split_by_id(rows, ids: list[int]) -> dict:
     """Rows (R, 7) whose first column is an image id -> {id: its rows, in their order}."""
-    import numpy as np
-
     order = np.argsort(rows[:, 0], kind="stable")
     rows = rows[order]
     keys = rows[:, 0].astype(int)

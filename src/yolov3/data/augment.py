@@ -37,18 +37,15 @@ PAD_VALUE = 114  # grey padding, the usual YOLO letterbox colour
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How an image was letterboxed: x_out = x_in * scale_x + pad_x (likewise for y)."""
+    """How an image was letterboxed: x_out = x_in * scale_x + pad_x (likewise for y).
+
+    boxes.undo_letterbox maps boxes back (the one undo that evaluation, Detector and CAM use).
+    """
 
     scale_x: float
     scale_y: float
     pad_x: float
     pad_y: float
-
-    def undo(self, boxes: np.ndarray) -> np.ndarray:
-        """(N, 4) xyxy in the letterboxed image -> (N, 4) xyxy in the original image."""
-        offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], dtype=np.float32)
-        scale = np.array([self.scale_x, self.scale_y, self.scale_x, self.scale_y], dtype=np.float32)
-        return (np.asarray(boxes, dtype=np.float32) - offset) / scale
 
 
 def resize_longest(image: np.ndarray, boxes: np.ndarray, size: int,
