@@ -14,3 +14,66 @@ def synth_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     generate(root, 24, 8, seed=0, voc_xml=True, min_side=96, max_side=160)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A randomly initialised width-0.0625 model saved as a checkpoint (no data record)."""
+    import torch
+
+    from yolov3.lit import YoloLitModule
+
+    torch.manual_seed(0)
+    module = YoloLitModule(width=0.0625)
+    path = tmp_path_factory.mktemp("w") / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_detector():
+    """The small detector of tiny_detector.py, trained once per session (about 30 s)."""
+    from tiny_detector import train_tiny_detector
+
+    return train_tiny_detector()
+
+
+@pytest.fixture(scope="session")
+def trained_weights(trained_detector, tmp_path_factory):
+    """trained_detector exported as safetensors (input size 96, classes disc/square/triangle)."""
+    path = tmp_path_factory.mktemp("trained") / "shapes.safetensors"
+    trained_detector.save_safetensors(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shape_images(tmp_path_factory):
+    """Four held-out images like trained_detector's training data, as files (PNG and JPEG)."""
+    import numpy as np
+    from PIL import Image
+
+    from tiny_detector import two_objects
+
+    d = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(7)
+    paths = []
+    for k, (h, w) in enumerate([(100, 120), (96, 96), (120, 90), (110, 130)]):
+        image, _, _ = two_objects(rng, h, w)
+        paths.append(d / f"shapes_{k}.{'png' if k % 2 else 'jpg'}")
+        Image.fromarray(image).save(paths[-1], quality=95)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def bad_uploads(tmp_path_factory, shape_images):
+    """The three bad uploads of the app issue: a text file, a JPEG cut in its data (header
+    intact), and a real 10,000 x 10,000 image (a PNG of one grey, small on disk)."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("bad_uploads")
+    (d / "notes.txt").write_text("not a picture\n")
+    good = shape_images[0].read_bytes()
+    assert shape_images[0].suffix == ".jpg"
+    (d / "cut.jpg").write_bytes(good[: len(good) * 6 // 10])
+    Image.new("L", (10_000, 10_000), 128).save(d / "huge.png", compress_level=1)
+    return d

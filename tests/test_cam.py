@@ -12,7 +12,6 @@ import copy
 import json
 import sys
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -29,75 +28,11 @@ from yolov3.loss import YoloLoss
 from yolov3.model import CNNBlock, ResidualBlock, ScalePrediction, YOLOv3
 from yolov3.targets import build_targets
 
-SIZE = 96  # network input; grids 3, 6, 12
-NUM_CLASSES = 3  # disc, square, triangle (any colour): the class is the shape
-STEPS = 300
-WIDTH = 0.125
-COLOURS = ((220, 40, 40), (40, 200, 40), (40, 60, 230), (230, 210, 30))
-
-
-def two_objects(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(H, W, 3) uint8 noisy grey image with two shapes of different classes in opposite
-    halves (left/right or top/bottom), so they never touch; boxes (2, 4) xyxy, labels (2,)."""
-    img = np.full((h, w, 3), int(rng.integers(90, 170)), np.int16)
-    img = np.clip(img + rng.normal(0, 12, (h, w, 1)).astype(np.int16), 0, 255).astype(np.uint8)
-    side, horizontal = min(h, w), rng.random() < 0.5
-    boxes, labels = [], []
-    for k in range(2):
-        s = int(rng.uniform(0.18, 0.32) * side)
-        if horizontal:
-            x0, y0 = int(rng.uniform(0, w / 2 - s)) + k * w // 2, int(rng.uniform(0, h - s))
-        else:
-            x0, y0 = int(rng.uniform(0, w - s)), int(rng.uniform(0, h / 2 - s)) + k * h // 2
-        if k == 0:
-            c = int(rng.integers(0, NUM_CLASSES))
-        else:  # a class other than the first object's
-            c = (labels[0] + int(rng.integers(1, NUM_CLASSES))) % NUM_CLASSES
-        colour = tuple(int(v) for v in COLOURS[int(rng.integers(0, len(COLOURS)))])
-        if c == 0:
-            cv2.circle(img, (x0 + s // 2, y0 + s // 2), s // 2, colour, -1)
-        elif c == 1:
-            cv2.rectangle(img, (x0, y0), (x0 + s - 1, y0 + s - 1), colour, -1)
-        else:
-            tri = np.array([[x0 + s // 2, y0], [x0 + s - 1, y0 + s - 1], [x0, y0 + s - 1]], np.int32)
-            cv2.fillPoly(img, [tri], colour)
-        boxes.append((x0, y0, x0 + s - 1, y0 + s - 1))
-        labels.append(c)
-    return img, np.array(boxes, np.float32), np.array(labels)
-
-
-def train_tiny_detector(width: float = WIDTH, steps: int = STEPS, seed: int = 0) -> Detector:
-    """A reduced-width YOLOv3 (width 0.125, as the demo's) trained from scratch on fresh
-    two-object images, batch 16 at 96 px for `steps` steps (about 30 s on 2 CPU cores)."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = YOLOv3(num_classes=NUM_CLASSES, width=width)
-    anchors = torch.tensor(DEFAULT_ANCHORS)
-    opt = torch.optim.AdamW(model.parameters(), 0.01, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=steps, pct_start=0.15)
-    loss_fn = YoloLoss()
-    for _ in range(steps):
-        images, rows = [], []
-        for b in range(16):
-            img, boxes, labels = two_objects(rng, SIZE, SIZE)
-            images.append(torch.from_numpy(img).permute(2, 0, 1))
-            for (x1, y1, x2, y2), c in zip(boxes, labels):
-                rows.append([b, c, (x1 + x2 + 1) / 2 / SIZE, (y1 + y2 + 1) / 2 / SIZE, (x2 - x1 + 1) / SIZE,
-                             (y2 - y1 + 1) / SIZE])
-        out = model(torch.stack(images).float() / 255)
-        targets = build_targets(torch.tensor(rows), 16, [o.shape[2:4] for o in out], anchors)
-        loss, _ = loss_fn(out, targets, anchors)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    opt.zero_grad(set_to_none=True)  # so tests can see that explaining leaves .grad alone
-    return Detector(model, size=SIZE, class_names=["disc", "square", "triangle"])
-
+from tiny_detector import SIZE, two_objects
 
 @pytest.fixture(scope="module")
-def trained() -> Detector:
-    return train_tiny_detector()
+def trained(trained_detector) -> Detector:
+    return trained_detector
 
 
 def make_sanity_set() -> list:

@@ -109,15 +109,6 @@ def test_lightning_evaluates_in_original_pixels(synth_root):
         assert (d[:, [0, 2]] <= w + 1e-3).all() and (d[:, [1, 3]] <= h + 1e-3).all() and (d[:, :4] >= 0).all()
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    module = YoloLitModule(width=0.0625)
-    path = tmp_path_factory.mktemp("w") / "tiny.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
-
-
 def test_detect_writes_pictures_and_coco_results(synth_root, tiny_checkpoint, tmp_path, capsys):
     images = sorted((synth_root / "images").glob("*.jpg"))[:3]
     out = tmp_path / "out"
@@ -180,12 +171,21 @@ def test_yolov3_test_prints_the_table_and_writes_the_report(synth_root, tmp_path
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["yolov3"])
     common = ["--config", str(DEMO), "--data.root", str(synth_root), "--data.val_fraction", "0.25",
-              "--data.image_size", "64", "--data.train_sizes", "[64]", "--data.batch_size", "4",
+              "--data.image_size", "64", "--data.train_sizes", "[64, 96]", "--data.batch_size", "4",
               "--data.cache_images", "false", "--model.width", "0.0625", "--trainer.max_epochs", "1",
               "--trainer.limit_train_batches", "2"]
     main(["fit", *common, "--trainer.limit_val_batches", "1"])
     ckpt = tmp_path / "runs" / "demo" / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
+    # the checkpoint records the data side, so inference defaults to the eval size and the
+    # class names of the run (without the record: 416 and the VOC names), also after export
+    assert torch.load(ckpt, weights_only=True)["yolov3_data"]["image_size"] == 64
+    main(["export", "--weights", str(ckpt), "--out", str(tmp_path / "w.safetensors")])
+    for path in (ckpt, tmp_path / "w.safetensors"):
+        detector = Detector.load(path)
+        assert (detector.size, detector.train_sizes) == (64, (64, 96)), path
+        assert detector.class_names[0] == "aeroplane" and len(detector.class_names) == 20
+        assert Detector.load(path, size=128).size == 128
     main(["test", *common, "--ckpt_path", str(ckpt)])
     printed = capsys.readouterr().out
     for row in ("class accuracy", "VOC07 mAP@0.5", "VOC2010+ mAP@0.5", "COCO mAP@[.5:.95]", "Per-class AP", "aeroplane"):

@@ -445,7 +445,7 @@ def render(image: np.ndarray, result: ImageCAM, class_names: Sequence[str],
 
 
 def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "gradcam", layer: str = "head",
-            size: int = 416, conf: float = 0.25, iou: float = 0.45, device: str = "cpu", max_detections: int = 20,
+            size: int | None = None, conf: float = 0.25, iou: float = 0.45, device: str = "cpu", max_detections: int = 20,
             batch_size: int = 4, cols: int = 6, cell: int = 320, sheet_path: str | Path | None = None) -> dict:
     """`yolov3 cam`: overlays per detection and per image, a contact sheet, and cam.json.
 

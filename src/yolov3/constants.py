@@ -19,3 +19,8 @@ DEFAULT_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = tuple(
     tuple((w / 416.0, h / 416.0) for w, h in scale) for scale in COCO_ANCHORS_416
 )
 STRIDES: tuple[int, ...] = (32, 16, 8)
+
+# Key of the checkpoint entry with what inference needs from the data side (class names,
+# eval image size, training sizes); written by YoloLitModule.on_save_checkpoint.
+DATA_KEY = "yolov3_data"
+DEFAULT_SIZE = 416  # input size when neither the user nor the weights say otherwise

@@ -35,6 +35,16 @@ def expand_sources(sources: Sequence[str]) -> list[Path]:
     return [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
+def coco_records(det, class_names: Sequence[str], image_id: int, file_name: str) -> list[dict]:
+    """(K, 6) detections (x1, y1, x2, y2, score, class) -> COCO results rows: bbox [x, y, w, h]
+    rounded to 0.01 px, score to 1e-5, plus file_name and category_name. The format of
+    detections.json, and of the app's JSON output."""
+    return [{"image_id": image_id, "file_name": file_name, "category_id": int(cls),
+             "category_name": class_names[int(cls)],
+             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": round(score, 5)}
+            for x1, y1, x2, y2, score, cls in det.tolist()]
+
+
 def _output_names(paths: Sequence[Path]) -> list[str]:
     """One output file name per input; inputs sharing a name get the folder prefixed."""
     names = [p.name for p in paths]
@@ -43,7 +53,7 @@ def _output_names(paths: Sequence[Path]) -> list[str]:
 
 
 def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float = 0.25, iou: float = 0.45,
-               size: int = 416, device: str = "cpu", batch_size: int = 8, max_detections: int = 100,
+               size: int | None = None, device: str = "cpu", batch_size: int = 8, max_detections: int = 100,
                skip_bad: bool = False, draw: bool = True) -> dict:
     """Detect objects in every source image; write annotated copies and detections.json.
 
@@ -80,11 +90,7 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
                         raise
                     skipped.append(str(exc))
             for i, img, det in zip(ok, images, detector(images)):
-                for x1, y1, x2, y2, score, cls in det.tolist():
-                    results.append({"image_id": i, "file_name": str(paths[i]), "category_id": int(cls),
-                                    "category_name": detector.class_names[int(cls)],
-                                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                                    "score": round(score, 5)})
+                results += coco_records(det, detector.class_names, i, str(paths[i]))
                 per_image.append(len(det))
                 if draw:
                     picture = draw_boxes(img, det[:, :4], det[:, 5].astype(int), detector.class_names, scores=det[:, 4])

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from yolov3.boxes import postprocess, postprocess_with_cells, undo_letterbox
-from yolov3.constants import DEFAULT_ANCHORS, VOC_CLASSES
+from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS, DEFAULT_SIZE, VOC_CLASSES
 from yolov3.data.augment import Letterbox, letterbox
 from yolov3.data.sample import Sample
 from yolov3.model import YOLOv3
@@ -25,12 +25,15 @@ class Detector:
         class_names: names for the class indices.
         size: input size (multiple of 32) the images are letterboxed to.
         conf_threshold, iou_threshold, max_detections: post-processing settings.
+        source: where the weights came from (shown by the CLI and the app).
+        train_sizes: the input sizes the weights were trained at, when known (the app's
+            size slider reaches down to them).
     """
 
     def __init__(self, model: YOLOv3, anchors: torch.Tensor | None = None, class_names=None,
-                 size: int = 416, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
+                 size: int = DEFAULT_SIZE, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
                  max_detections: int = 100, device: str | torch.device = "cpu", score_mode: str = "obj_cls",
-                 source: str = "") -> None:
+                 source: str = "", train_sizes: tuple[int, ...] = ()) -> None:
         if size % 32 or size < 32:
             raise ValueError(f"size must be a positive multiple of 32, got {size}")
         self.device = torch.device(device)
@@ -43,13 +46,28 @@ class Detector:
         self.class_names = tuple(class_names)
         self.size, self.conf_threshold, self.iou_threshold = size, conf_threshold, iou_threshold
         self.max_detections, self.score_mode = max_detections, score_mode
-        self.source = source  # where the weights came from (shown by the CLI and the app)
+        self.source = source
+        self.train_sizes = tuple(int(s) for s in train_sizes)
+
+    def configured(self, size: int | None = None, conf_threshold: float | None = None,
+                   iou_threshold: float | None = None) -> Detector:
+        """A copy with other settings that shares this one's model (no weights are copied).
+
+        For callers that change settings per request (the app): each request gets its own
+        Detector, so concurrent requests never see each other's settings.
+        """
+        return Detector(self.model, self.anchors, self.class_names, size or self.size,
+                        self.conf_threshold if conf_threshold is None else conf_threshold,
+                        self.iou_threshold if iou_threshold is None else iou_threshold,
+                        self.max_detections, self.device, self.score_mode, self.source, self.train_sizes)
 
     @classmethod
     def load(cls, path: str | Path, **kwargs) -> Detector:
         """Load weights from a Lightning checkpoint (.ckpt) or a safetensors export (.safetensors).
 
         Neither can run code: checkpoints go through torch.load(weights_only=True).
+        size=None (or left out) takes the size the weights were evaluated at, when they say
+        (checkpoints of this project's training do), else DEFAULT_SIZE.
         """
         path = Path(path)
         if not path.is_file():
@@ -72,8 +90,8 @@ class Detector:
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(state)
         anchors = ckpt["state_dict"].get("anchors")
-        kwargs.setdefault("source", str(path))
-        return cls(model, anchors=anchors, **kwargs)
+        data = ckpt.get(DATA_KEY) or {}
+        return cls._with_data_defaults(model, anchors, path, data, kwargs)
 
     @classmethod
     def from_safetensors(cls, path: str | Path, **kwargs) -> Detector:
@@ -93,7 +111,17 @@ class Detector:
         model = YOLOv3(num_classes=len(names), width=float(meta["width"]))
         anchors = tensors.pop("anchors", None)
         model.load_state_dict(tensors)
-        kwargs.setdefault("class_names", names)
+        data = {"class_names": names, **{k: json.loads(meta[k]) for k in ("image_size", "train_sizes") if k in meta}}
+        return cls._with_data_defaults(model, anchors, path, data, kwargs)
+
+    @classmethod
+    def _with_data_defaults(cls, model: YOLOv3, anchors, path: Path, data: dict, kwargs: dict) -> Detector:
+        """Build with what the weights say (class names, eval size, training sizes) as defaults."""
+        if kwargs.get("size") is None:
+            kwargs["size"] = int(data.get("image_size", DEFAULT_SIZE))
+        if data.get("class_names"):
+            kwargs.setdefault("class_names", data["class_names"])
+        kwargs.setdefault("train_sizes", tuple(data.get("train_sizes", ())))
         kwargs.setdefault("source", str(path))
         return cls(model, anchors=anchors, **kwargs)
 
@@ -104,6 +132,7 @@ class Detector:
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tensors["anchors"] = self.anchors.detach().cpu().contiguous()
         meta = {"width": str(self.model.width), "class_names": json.dumps(list(self.class_names)),
+                "image_size": json.dumps(self.size), "train_sizes": json.dumps(list(self.train_sizes)),
                 "format": "yolov3 detector v1"}
         save_file(tensors, str(path), metadata=meta)
 

@@ -10,7 +10,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from yolov3.boxes import postprocess, undo_letterbox
-from yolov3.constants import DEFAULT_ANCHORS
+from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS
 from yolov3.loss import LOSS_TERMS, LossWeights, YoloLoss
 from yolov3.metrics import CourseAccuracy, DetectionMAP
 from yolov3.model import YOLOv3
@@ -175,6 +175,14 @@ class YoloLitModule(L.LightningModule):
         metric.reset()
         for k, v in values.items():
             self.log(f"{stage}/{k}", v, prog_bar=stage == "val")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record what inference needs from the data side (plain types, so the checkpoint
+        still loads with weights_only=True): class names, eval size and training sizes."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "image_size"):
+            checkpoint[DATA_KEY] = {"class_names": list(dm.class_names), "image_size": int(dm.image_size),
+                                    "train_sizes": [int(s) for s in dm.train_sizes]}
 
     def configure_optimizers(self):
         h = self.hparams
