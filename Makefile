@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test app venv clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/yolov3 demo --config configs/demo.yaml
+
+# The web page on http://127.0.0.1:7860 with the demo checkpoint (or WEIGHTS=path/to.ckpt).
+app: $(STAMP)
+	$(BIN)/yolov3 app $(if $(WEIGHTS),--weights $(WEIGHTS),)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -34,6 +34,10 @@ def test_demo_writes_the_report(tmp_path, monkeypatch, capsys):
     assert len(list((out / "cam").glob("*_det*_gradcam.png"))) == len(cam)
     assert all(abs(r["target"] - r["score"]) <= 2e-6 for r in cam)
     assert not (out / "cam" / "contact_sheet.png").exists()
+    # the app's examples: the first four test images, byte for byte
+    examples = sorted((out / "examples").iterdir())
+    assert [p.name for p in examples] == sorted(p.name for p in (out / "detect").glob("*.jpg"))
+    assert all(p.read_bytes() == (tmp_path / "data/synthetic/images" / p.name).read_bytes() for p in examples)
     for name in ("curves.png", "predictions.png", "metrics.json", "pr_curves.png", "ap_per_class.png", "cam_sheet.png"):
         assert (out / name).stat().st_size > 0, name
     assert (run / "metrics.csv").stat().st_size > 0

@@ -170,12 +170,40 @@ def _demo(args: argparse.Namespace) -> None:
              out_dir=args.out, overrides=args.overrides)
 
 
-def _add_detector_args(p: argparse.ArgumentParser) -> None:
+def _app(args: argparse.Namespace) -> None:
+    from yolov3.app import DEMO_WEIGHTS, DetectorApp, find_examples, serve
+    from yolov3.detector import Detector
+
+    weights = args.weights
+    if weights is None:
+        if not DEMO_WEIGHTS.is_file():
+            raise SystemExit(f"yolov3 app: no --weights given and no demo checkpoint at {DEMO_WEIGHTS}. "
+                             "Run `make demo` first (it trains one on synthetic data in about 12 minutes on a "
+                             "2-core CPU), or pass --weights with a .ckpt checkpoint or a .safetensors export.")
+        weights = str(DEMO_WEIGHTS)
+    try:
+        detector = Detector.load(weights, size=args.size, conf_threshold=args.conf, iou_threshold=args.iou,
+                                 device=args.device)
+        examples = find_examples(args.examples)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"yolov3 app: {exc}") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the app listens on %s: anyone who can reach this machine can use it", args.host)
+    print(f"weights {weights}; {len(examples)} example images; serving on http://{args.host}:{args.port} "
+          "(Ctrl+C stops)")
+    serve(DetectorApp(detector, examples), host=args.host, port=args.port, concurrency=args.concurrency,
+          max_queue=args.max_queue)
+
+
+def _add_detector_args(p: argparse.ArgumentParser, weights_required: bool = True) -> None:
     """The options every command that runs a Detector takes."""
-    p.add_argument("--weights", required=True, help="a .ckpt checkpoint or a .safetensors export")
+    p.add_argument("--weights", required=weights_required,
+                   help="a .ckpt checkpoint or a .safetensors export"
+                        + ("" if weights_required else " (default: the demo's runs/demo/checkpoints/best.ckpt)"))
     p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--size", type=int, default=416, help="input size, a multiple of 32 (default 416)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input size, a multiple of 32 (default: the size the weights were evaluated at, else 416)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -237,14 +265,24 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--max-det", type=int, default=20, help="detections explained per image at most (default 20)")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass")
 
+    p = sub.add_parser("app", help="a web page (Gradio) to detect, inspect and explain images",
+                       description="Serves the page on loopback unless --host says otherwise.")
+    _add_detector_args(p, weights_required=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--examples", nargs="*", default=[],
+                   help="example images (files, folders, globs); default: the demo's runs/demo/examples")
+    p.add_argument("--concurrency", type=int, default=1, help="requests run at once (default 1)")
+    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait (default 16)")
+
     p = sub.add_parser("export", help="write a checkpoint's weights as one .safetensors file (loads without pickle)")
     p.add_argument("--weights", required=True, help="a .ckpt checkpoint")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     return parser, {"summary": _summary, "synth": _synth, "demo": _demo, "show-batch": _show_batch,
-                    "detect": _detect, "export": _export, "cam": _cam}
+                    "detect": _detect, "export": _export, "cam": _cam, "app": _app}
 
 
-OWN_COMMANDS = ("summary", "synth", "demo", "show-batch", "detect", "export", "cam")
+OWN_COMMANDS = ("summary", "synth", "demo", "show-batch", "detect", "export", "cam", "app")
 PASSES_OVERRIDES = ("demo", "show-batch")
 
 

@@ -84,7 +84,7 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
     table.add_row("loss", f"{metrics['test']['loss']:.3f}", "")
     console.print(table)
     console.print(f"wrote {out}/metrics.json, results.json, curves.png, predictions.png, pr_curves.png, "
-                  f"ap_per_class.png, detect/, cam/, cam_sheet.png; checkpoint {best}; "
+                  f"ap_per_class.png, detect/, cam/, cam_sheet.png, examples/; checkpoint {best}; "
                   f"{metrics['seconds']['total']:.0f} s in all")
     return metrics
 
@@ -106,13 +106,19 @@ def _report_pictures(checkpoint: str, dm, out: Path, metrics_csv: Path, n: int =
     from PIL import Image
 
     Image.fromarray(image_grid(tiles, cols=4, cell=320)).save(out / "predictions.png")
+    # the app's example images (`yolov3 app` offers runs/demo/examples): test images as they are
+    import shutil
+
+    examples = out / "examples"
+    shutil.rmtree(examples, ignore_errors=True)
+    examples.mkdir(parents=True)
+    for s in samples[:4]:
+        shutil.copy2(s.path, examples / Path(s.path).name)
     # what `yolov3 detect` writes, on the first test images
     from yolov3.detect import run_detect
 
     run_detect([str(s.path) for s in samples[:4]], checkpoint, str(out / "detect"), size=dm.image_size)
     # what `yolov3 cam` writes: Grad-CAM of each detection, EigenCAM of each image
-    import shutil
-
     from yolov3.cam import run_cam
 
     shutil.rmtree(out / "cam", ignore_errors=True)  # no overlays left over from an earlier run
