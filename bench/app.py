@@ -16,14 +16,11 @@ Prints a table and writes bench/results/app.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from app_server import app_server  # noqa: E402
@@ -32,6 +29,7 @@ from yolov3.app import CAM_EIGEN, CAM_GRAD, CAM_NONE, DetectorApp  # noqa: E402
 from yolov3.data.sample import load_rgb  # noqa: E402
 from yolov3.data.synthetic import render_image  # noqa: E402
 from yolov3.detector import Detector  # noqa: E402
+from common import describe_machine, report  # noqa: E402
 
 
 def mean_seconds(fn, items) -> float:
@@ -76,17 +74,11 @@ def main() -> None:
                 rows.append({"size": size, "cam": cam, "detector_s": round(detector_s, 4),
                              "predict_s": round(local, 4), "server_s": round(remote, 4),
                              "server_vs_detector": round(remote / detector_s, 2)})
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"seconds per image, {machine}; weights {args.weights}; server start-up {startup:.1f} s")
-    print(f"{'size':>5} {'explain':>26} {'Detector':>9} {'predict':>8} {'server':>8} {'server/Detector':>16}")
-    for r in rows:
-        print(f"{r['size']:>5} {r['cam']:>26} {r['detector_s']:>9.3f} {r['predict_s']:>8.3f} {r['server_s']:>8.3f} "
-              f"{r['server_vs_detector']:>16.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "weights": args.weights, "images": args.images,
-                               "startup_s": round(startup, 2), "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    machine = describe_machine()
+    report(f"seconds per image, {machine}; weights {args.weights}; server start-up {startup:.1f} s",
+           [("size", "size", ""), ("cam", "explain", ""), ("detector_s", "Detector", ".3f"), ("predict_s", "predict", ".3f"),
+            ("server_s", "server", ".3f"), ("server_vs_detector", "server/Detector", ".1f")],
+           rows, args.out, machine=machine, weights=args.weights, images=args.images, startup_s=round(startup, 2))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ Prints a table and writes bench/results/cam.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from yolov3.cam import explain
 from yolov3.data.synthetic import render_image
 from yolov3.detector import Detector
 from yolov3.model import YOLOv3
+from common import describe_machine, report
 
 # (method, layer) pairs: the default per-detection layer, the deepest alias, and EigenCAM
 CASES = (("gradcam", "head"), ("gradcam++", "head"), ("gradcam", "backbone"), ("eigencam", "head"))
@@ -65,18 +64,11 @@ def main() -> None:
             rows.append({"size": size, "method": method, "layer": layer, "s_per_image": round(s, 4),
                          "detections_per_image": round(dets, 2), "detect_only_s_per_image": round(detect_s, 4),
                          "width": detector.model.width, "weights": source})
-    machine = (torch.cuda.get_device_name() if args.device == "cuda"
-               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"explanation time per image (one image per call), {args.device} ({machine}), weights: {rows[0]['weights']}")
-    print(f"{'size':>5} {'method':>10} {'layer':>9} {'s/image':>8} {'dets/image':>11} {'detect only s':>14}")
-    for r in rows:
-        print(f"{r['size']:>5} {r['method']:>10} {r['layer']:>9} {r['s_per_image']:>8.3f} "
-              f"{r['detections_per_image']:>11.2f} {r['detect_only_s_per_image']:>14.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "device": args.device, "images": args.images, "rows": rows},
-                              indent=2))
-    print(f"wrote {out}")
+    machine = describe_machine(args.device)
+    report(f"explanation time per image (one image per call), {args.device} ({machine}), weights: {rows[0]['weights']}",
+           [("size", "size", ""), ("method", "method", ""), ("layer", "layer", ""), ("s_per_image", "s/image", ".3f"),
+            ("detections_per_image", "dets/image", ".2f"), ("detect_only_s_per_image", "detect only s", ".3f")],
+           rows, args.out, machine=machine, device=args.device, images=args.images)
 
 
 if __name__ == "__main__":

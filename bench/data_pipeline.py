@@ -12,9 +12,6 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import torch
 
 from yolov3.data.augment import AugmentConfig
 from yolov3.data.datamodule import YoloDataModule
+from common import describe_machine, report
 
 
 def measure(root: str, mosaic_prob: float, workers: int, sizes: list[int], batch: int, batches: int,
@@ -72,17 +70,12 @@ def main() -> None:
     base = rows[0]["img_s"]
     for r in rows:
         r["ratio"] = round(r["img_s"] / base, 2)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    print(f"training data pipeline, sizes {args.sizes}, batch {args.batch}, {args.batches} batches, "
-          f"{'cached' if args.cache else 'decoded from disk'} ({machine})")
-    print(f"{'workers':>8} {'mosaic':>7} {'img/s':>8} {'vs 0 workers, no mosaic':>24}")
-    for r in rows:
-        print(f"{r['workers']:>8} {r['mosaic_prob']:>7} {r['img_s']:>8} {r['ratio']:>24}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "sizes": args.sizes, "batch": args.batch,
-                               "batches": args.batches, "cache": args.cache, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    machine = describe_machine()
+    report(f"training data pipeline, sizes {args.sizes}, batch {args.batch}, {args.batches} batches, "
+           f"{'cached' if args.cache else 'decoded from disk'} ({machine})",
+           [("workers", "workers", ""), ("mosaic_prob", "mosaic", ""), ("img_s", "img/s", ""),
+            ("ratio", "vs 0 workers, no mosaic", "")], rows, args.out,
+           machine=machine, sizes=args.sizes, batch=args.batch, batches=args.batches, cache=args.cache)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,7 @@ baseline measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -21,6 +18,7 @@ from yolov3.constants import DEFAULT_ANCHORS
 from yolov3.loss import YoloLoss
 from yolov3.model import YOLOv3
 from yolov3.targets import build_targets
+from common import describe_machine, report
 
 
 def measure(width: float, size: int, batch: int, steps: int, channels_last: bool, device: str) -> float:
@@ -66,17 +64,11 @@ def main() -> None:
         cl = measure(args.width, size, args.batch, args.steps, True, args.device)
         rows.append({"size": size, "nchw_img_s": round(base, 1), "channels_last_img_s": round(cl, 1),
                      "ratio": round(cl / base, 2)})
-    machine = (torch.cuda.get_device_name() if args.device == "cuda"
-               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"training throughput, width {args.width}, batch {args.batch}, {args.device} ({machine})")
-    print(f"{'size':>6} {'NCHW img/s':>12} {'channels_last img/s':>20} {'ratio':>7}")
-    for r in rows:
-        print(f"{r['size']:>6} {r['nchw_img_s']:>12} {r['channels_last_img_s']:>20} {r['ratio']:>7}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "device": args.device, "width": args.width,
-                               "batch": args.batch, "steps": args.steps, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    machine = describe_machine(args.device)
+    report(f"training throughput, width {args.width}, batch {args.batch}, {args.device} ({machine})",
+           [("size", "size", ""), ("nchw_img_s", "NCHW img/s", ""), ("channels_last_img_s", "channels_last img/s", ""),
+            ("ratio", "ratio", "")], rows, args.out,
+           machine=machine, device=args.device, width=args.width, batch=args.batch, steps=args.steps)
 
 
 if __name__ == "__main__":
