@@ -154,11 +154,12 @@ class DetectorApp:
                 f"**{m.num_classes} classes:** {', '.join(d.class_names)}\n\n"
                 f"**Weights:** `{source}` ({kind})")
 
-    def predict(self, path: str | Path | None, conf: float = 0.25, iou: float = 0.45, size: int = 416,
+    def predict(self, path: str | Path | None, conf: float = 0.25, iou: float = 0.45, size: int | None = None,
                 cam: str = CAM_NONE, which: int | None = 0, name: str | None = None) -> Prediction:
         """Detect (and explain) one uploaded image. Raises UploadError for unusable input.
 
-        which: the detection Grad-CAM explains (an index into the detections, by score).
+        size: the input size (default: the loaded detector's); which: the detection
+        Grad-CAM explains (an index into the detections, by score).
         """
         from yolov3.cam import ImageCAM, explain, render
         from yolov3.detect import coco_records
@@ -167,7 +168,7 @@ class DetectorApp:
         if cam not in CAM_CHOICES:
             raise UploadError(f"CAM must be one of {', '.join(CAM_CHOICES)}, not {cam!r}")
         lo, hi, step = self.size_range
-        size = int(size)
+        size = int(size or self.detector.size)
         if not (lo <= size <= hi and size % step == 0):
             raise UploadError(f"input size must be a multiple of {step} from {lo} to {hi}, not {size}")
         if not (0.0 <= conf <= 1.0 and 0.0 <= iou <= 1.0):
@@ -198,7 +199,7 @@ class DetectorApp:
             notes.append("no detections to explain: lower the confidence")
         seconds = time.perf_counter() - t0
         annotated = draw_boxes(image, dets[:, :4], dets[:, 5].astype(int), names, scores=dets[:, 4])
-        label = name or (Path(path).name if path else "image")
+        label = name or Path(path).name  # read_upload has refused a missing path
         records = coco_records(dets, names, 0, label)
         h, w = image.shape[:2]
         notes.insert(0, f"{len(dets)} detections in {label} ({w} x {h}) at input size {size}, "
@@ -220,8 +221,7 @@ class DetectorApp:
             return payload.path
 
         names = self.detector.class_names
-        lo, hi, step = self.size_range
-        default_size = min(max(self.detector.size - self.detector.size % step, lo), hi)
+        lo, hi, step = self.size_range  # includes the detector's own size, the slider's default
 
         def run(path, conf, iou, size, cam, which):
             try:
@@ -247,7 +247,7 @@ class DetectorApp:
                     image.preprocess = functools.partial(path_only, _image_preprocess=image.preprocess)
                     conf = gr.Slider(0.01, 1.0, value=self.detector.conf_threshold, step=0.01, label="confidence")
                     iou = gr.Slider(0.05, 0.95, value=self.detector.iou_threshold, step=0.05, label="NMS IoU")
-                    size = gr.Slider(lo, hi, value=default_size, step=step, label="input size")
+                    size = gr.Slider(lo, hi, value=self.detector.size, step=step, label="input size")
                     cam = gr.Radio(list(CAM_CHOICES), value=CAM_NONE, label="explain (class activation map)")
                     which = gr.Dropdown(choices=[("#0", 0)], value=0, label="detection to explain (Grad-CAM)",
                                         allow_custom_value=True)
@@ -268,6 +268,7 @@ class DetectorApp:
             outputs = [annotated, table, overlay, records, status, which]
             button.click(run, inputs, outputs, api_name="detect")
             image.upload(run, inputs, outputs, api_name=False)
+
             def rerun(path, *settings):
                 """A changed explanation or detection re-runs the image, if there is one yet."""
                 return tuple(gr.skip() for _ in outputs) if path is None else run(path, *settings)
