@@ -146,8 +146,7 @@ def test_eigencam_peaks_on_an_object(explained, sanity_set):
 def test_maps_change_when_the_weights_are_randomised(trained, sanity_set, explained):
     """Model-randomisation test: the same targets (cell and class of each trained detection)
     explained by re-initialised networks. Measured mean Spearman rank correlation with the
-    trained maps (1.0 for the trained model itself, which checks that explain_cells
-    reproduces explain):
+    trained maps (seed 0, 2-core CPU):
 
         all weights random:           Grad-CAM -0.01, Grad-CAM++ 0.11
         only the 3 heads random:      Grad-CAM  0.15, Grad-CAM++ 0.82
@@ -156,30 +155,42 @@ def test_maps_change_when_the_weights_are_randomised(trained, sanity_set, explai
     random. Grad-CAM++ fails the head-only case: its weights count the channels with a
     positive gradient, nearly whatever the gradient's size, so with the layer's activations
     unchanged its map hardly moves. Grad-CAM passes both.
+
+    The trained model explained again through explain_cells must give the very same maps
+    (same batch, same kernels: checked to 1e-6, not by a rank correlation, which is
+    undefined for an all-zero map). Pairs whose trained map is all zero (Grad-CAM's ReLU
+    cut everything, see test_zero_maps_come_from_the_relu) carry no ranking to keep and are
+    left out of the means; a randomised map that is constant counts as correlation 0.
     """
     images = [d[0] for d in sanity_set]
     cells = {m: [torch.tensor([c.cell for c in r.cams], dtype=torch.long).reshape(-1, 4) for r in res]
              for m, res in explained.items()}
     classes = {m: [torch.tensor([c.label for c in r.cams], dtype=torch.long) for r in res]
                for m, res in explained.items()}
+    again = explain_cells(trained, images, cells["gradcam"], classes["gradcam"], "gradcam", "head")
+    for r, maps in zip(explained["gradcam"], again):
+        for c, (heat, target, _) in zip(r.cams, maps):
+            assert np.abs(c.heatmap - heat).max() <= 1e-6 and abs(c.target - target) <= 1e-6
     variants = {"all random": _randomised(trained, 1), "heads random": _randomised(trained, 2, ScalePrediction)}
-    corr, own_random = {}, []
+    corr, own_random, left_out = {}, [], 0
     for method, results in explained.items():
-        runs = {"trained": trained, **variants} if method == "gradcam" else variants
-        for name, det in runs.items():
+        for name, det in variants.items():
             maps = explain_cells(det, images, cells[method], classes[method], method, "head")
             values = []
             for b, r in enumerate(results):
                 for k, c in enumerate(r.cams):
                     heat, target, gnorm = maps[b][k]
                     assert gnorm > 0  # the random network's target still has a gradient
-                    values.append(_spearman(c.heatmap, heat))
                     if method == "gradcam" and name == "all random":
                         own_random.append(_box_mask(c.box, images[b].shape).flat[heat.argmax()])
+                    if c.heatmap.max() == 0:
+                        left_out += 1
+                        continue
+                    values.append(_spearman(c.heatmap, heat))
             corr[(method, name)] = float(np.mean(values))
     trained_own = _localisation(explained["gradcam"], sanity_set)["own"]
-    msg = f"mean Spearman {corr}; Grad-CAM own-box rate trained {trained_own:.3f}, random {np.mean(own_random):.3f}"
-    assert corr[("gradcam", "trained")] > 0.999, msg
+    msg = (f"mean Spearman {corr} ({left_out} pairs with an all-zero trained map left out); Grad-CAM own-box "
+           f"rate trained {trained_own:.3f}, random {np.mean(own_random):.3f}")
     assert corr[("gradcam", "all random")] < 0.3, msg
     assert corr[("gradcam", "heads random")] < 0.4, msg
     assert corr[("gradcam++", "all random")] < 0.4, msg
@@ -191,7 +202,48 @@ def test_target_gradient_is_not_zero(explained):
     for method, results in explained.items():
         norms = [c.grad_norm for r in results for c in r.cams]
         assert norms and all(np.isfinite(norms)) and min(norms) > 0, method
-        assert all(c.heatmap.max() > 0 for r in results for c in r.cams), method
+
+
+def test_zero_maps_come_from_the_relu(trained, sanity_set, explained):
+    """Grad-CAM is ReLU(sum_k w_k A_k): when the weighted sum is negative everywhere, the map
+    is all zero by definition (the layer's evidence only lowers the score). That happens to a
+    few detections of a trained model, and to which ones depends on its weights (on the
+    processor that trained it: measured 1 of 92 on one machine, 0 on another). So instead of
+    "every map is non-zero", which asserted a property of one set of weights, this checks what
+    the code is responsible for: every all-zero map has a non-zero gradient and a pre-ReLU
+    map, recomputed here from its formula, that is non-zero and has no positive part on the
+    image (the ReLU, or the crop of the letterbox padding, removed it: nothing was lost on the
+    way), and such maps stay rare (at most 1 in 10)."""
+    images = [d[0] for d in sanity_set]
+    for method, results in explained.items():
+        cams = [(b, c) for b, r in enumerate(results) for c in r.cams]
+        zero = [(b, c) for b, c in cams if c.heatmap.max() == 0]
+        assert len(zero) <= len(cams) / 10, f"{method}: {len(zero)} of {len(cams)} maps are all zero"
+        assert all(c.heatmap.max() == pytest.approx(1.0) for _, c in cams if c.heatmap.max() > 0), method
+        for b, c in zero:
+            assert c.grad_norm > 0, (method, c.cell)
+            x, infos = trained.preprocess(images)  # the batch explain ran, so the same kernels
+            path = resolve_layer(trained.model, "head")[c.cell[0]]
+            with torch.enable_grad(), capture_activations(trained.model, [path]) as acts:
+                outputs = trained.model(x.requires_grad_(True))
+                target = target_scores(outputs, torch.tensor([b]), torch.tensor([c.cell]), torch.tensor([c.label]),
+                                       trained.score_mode)
+                (grad,) = torch.autograd.grad(target.sum(), acts[path])
+            a, grad = acts[path].detach()[b:b + 1], grad[b:b + 1]
+            if method == "gradcam":
+                raw = (grad.mean(dim=(2, 3), keepdim=True) * a).sum(1)
+            else:  # the pre-ReLU Grad-CAM++ map: gradcam_pp_map without its last ReLU
+                g2 = grad.pow(2)
+                denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * grad.pow(3)
+                alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+                raw = ((alpha * grad.clamp(min=0)).sum(dim=(2, 3), keepdim=True) * a).sum(1)
+            # the pre-ReLU map is not zero (the layer does carry evidence, of the wrong sign) ...
+            scale = float(raw.abs().max())
+            assert scale > 0, (method, c.cell)
+            # ... and its positive part, up to float rounding (1e-6 of its scale), lies nowhere
+            # on the image (it may lie in the letterbox padding, which to_image crops off)
+            positive = (raw[0] - 1e-6 * scale).clamp(min=0)
+            assert to_image(positive, infos[b], SIZE, images[b].shape).max() == 0, (method, c.cell, float(raw.max()))
 
 
 def test_target_score_equals_the_nms_score(trained, sanity_set, explained):
