@@ -34,11 +34,14 @@ for run in "${runs[@]}"; do
     out=$(env "${envs[@]}" "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" 2>&1)
     rc=$?
     line=$(printf '%s\n' "$out" | grep -E '(passed|failed|error)' | tail -1)
+    # "trained fixture: seed S, held-out mAP@0.5 M, sum |w| W" (tests/conftest.py): shows that
+    # each setting trained a model of its own
+    fixture=$(printf '%s\n' "$out" | grep -E '^trained fixture' | sed -E 's/.*mAP@0.5 ([0-9.]+), sum \|w\| (.*)/\1 \2/')
     [ $rc = 0 ] || { status=1; printf '%s\n' "$out" | grep -E '^(FAILED|ERROR)|Error' | head -20; }
     echo "$line"
-    table+=("$(printf '%-30s %4s %6ss  %s' "$setting" "$seed" "$(( $(date +%s) - start ))" "$line")")
+    table+=("$(printf '%-28s %4s %6ss  %-24s %s' "$setting" "$seed" "$(( $(date +%s) - start ))" "${fixture:-?}" "$line")")
 done
 echo
-printf '%-30s %4s %7s  %s\n' "kernel setting" "seed" "time" "pytest"
+printf '%-28s %4s %7s  %-24s %s\n' "kernel setting" "seed" "time" "fixture mAP, sum |w|" "pytest"
 printf '%s\n' "${table[@]}"
 exit $status
