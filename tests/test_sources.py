@@ -1,8 +1,10 @@
 """Tests of the dataset readers (yolov3.data.sources) on small fixtures written in tmp_path.
 
-Both layouts are written from the same integer ground truth (GT): VOC XML gets
-xmin = x1 + 1 ..., Kaggle labels get xc = (x1 + x2) / 2 / W ..., so reading either layout
-must give the same pixel boxes.
+Both layouts are written from the same integer ground truth (GT), inclusive 0-based pixel
+boxes x1..x2, as real VOC data was: VOC XML gets the 1-based indices xmin = x1 + 1 ...
+xmax = x2 + 1, Kaggle labels what darknet's voc_label.py makes of that XML, xc = (x1 + x2) / 2
+/ W, w = (x2 - x1) / W. So the Kaggle reader gives [x1, x2] and the VOCdevkit reader the
+devkit's continuous extent [x1, x2 + 1]: one pixel wider and taller, as on the real data.
 """
 
 from __future__ import annotations
@@ -124,11 +126,12 @@ def voc_root(tmp_path: Path) -> Path:
     return make_voc(tmp_path / "voc")
 
 
-def expected(ids: list[str]):
-    """Ground-truth boxes (N, 4), labels (N,), difficult (N,), (W, H) per image id."""
+def expected(ids: list[str], voc: bool = False):
+    """Ground-truth boxes (N, 4), labels (N,), difficult (N,), (W, H) per image id. Boxes as
+    the Kaggle labels give them, or (voc=True) as the devkit sees them: x2 + 1, y2 + 1."""
     for i in ids:
         _, size, objs = GT[i]
-        boxes = np.array([o[:4] for o in objs], dtype=np.float32).reshape(-1, 4)
+        boxes = np.array([o[:4] for o in objs], dtype=np.float32).reshape(-1, 4) + [0, 0, int(voc), int(voc)]
         labels = np.array([o[4] for o in objs], dtype=np.int64)
         diff = np.array([o[5] for o in objs], dtype=bool)
         yield i, boxes, labels, diff, size
@@ -154,7 +157,7 @@ def test_kaggle_matches_ground_truth_and_csv_order(kaggle_root: Path) -> None:
 def test_voc_matches_ground_truth_and_keeps_difficult(voc_root: Path) -> None:
     src = VOCDevkit(voc_root, "2007-trainval")
     assert [r.image_path.stem for r in src.records] == SPLITS[("2007", "trainval")]
-    for rec, (i, boxes, labels, diff, (w, h)) in zip(src.records, expected(SPLITS[("2007", "trainval")])):
+    for rec, (i, boxes, labels, diff, (w, h)) in zip(src.records, expected(SPLITS[("2007", "trainval")], voc=True)):
         assert (rec.width, rec.height) == (w, h)
         np.testing.assert_array_equal(rec.boxes, boxes)  # integer GT: exact
         np.testing.assert_array_equal(rec.labels, labels)
@@ -163,13 +166,14 @@ def test_voc_matches_ground_truth_and_keeps_difficult(voc_root: Path) -> None:
 
 
 def test_both_layouts_give_same_boxes(kaggle_root: Path, voc_root: Path) -> None:
+    """The same objects from both layouts; the devkit's boxes are darknet's plus one pixel."""
     kag = KaggleVOC(kaggle_root, "train.csv")
     voc = VOCDevkit(voc_root, "2007-trainval+2012-trainval")
     assert len(kag) == len(voc) == 3
     for a, b in zip(kag, voc):
         assert Path(a.path).name == Path(b.path).name
         assert a.image.shape == b.image.shape and a.image.dtype == np.uint8
-        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+        np.testing.assert_allclose(a.boxes + [0, 0, 1, 1], b.boxes, atol=1e-3)
         np.testing.assert_array_equal(a.labels, b.labels)
     assert any(s.difficult.any() for s in voc)
     # Test split with an image without objects.
@@ -235,7 +239,40 @@ def test_voc_xmax_equal_width_and_xmin_zero(voc_root: Path) -> None:
     xml.write_text(xml.read_text().replace("<xmin>1</xmin>", "<xmin>0</xmin>")
                    .replace("<xmax>50</xmax>", "<xmax>51</xmax>"))
     rec = VOCDevkit(voc_root, "2007-trainval").records[0]
-    np.testing.assert_array_equal(rec.boxes[0], [0, 0, 50, 39])  # x1=-1 and x2=50 clipped to the image
+    np.testing.assert_array_equal(rec.boxes[0], [0, 0, 50, 40])  # x1=-1 and x2=51 clipped to the image
+
+
+def test_voc_boxes_are_the_devkits_pixels(voc_root: Path) -> None:
+    """1-based inclusive XML pixels -> continuous [xmin - 1, xmax]: the width is the devkit's
+    xmax - xmin + 1, a box with xmin == xmax is one pixel wide (not empty), and the IoU of
+    two boxes without +1 equals VOCevaldet.m's IoU with +1 on the XML numbers."""
+    from yolov3.evaluation import pair_iou
+
+    xml = voc_root / "VOC2007" / "Annotations" / "000005.xml"
+    text = xml.read_text()  # object 0: xmin 5, ymin 7, xmax 31, ymax 41
+    xml.write_text(text.replace("<xmax>31</xmax>", "<xmax>5</xmax>"))  # one pixel wide
+    rec = VOCDevkit(voc_root, "2007-trainval").records[1]
+    np.testing.assert_array_equal(rec.boxes[0], [4, 6, 5, 41])
+    xml.write_text(text.replace("<xmax>31</xmax>", "<xmax>4</xmax>"))
+    with pytest.raises(DataError, match=r"000005\.xml: object 0 .*inverted box.*xmin=5 .*xmax=4"):
+        VOCDevkit(voc_root, "2007-trainval")
+
+    def devkit_iou(a, b):  # VOCevaldet.m, on 1-based inclusive pixel boxes
+        iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+        ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+        if iw <= 0 or ih <= 0:
+            return 0.0
+        ua = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - iw * ih
+        return iw * ih / ua
+
+    rng = np.random.default_rng(0)
+    xy = rng.integers(1, 60, (200, 2, 2))
+    a = np.concatenate((xy[:, 0], xy[:, 0] + rng.integers(0, 30, (200, 2))), 1)  # xmin, ymin, xmax, ymax
+    b = np.concatenate((xy[:, 1], xy[:, 1] + rng.integers(0, 30, (200, 2))), 1)
+    b[:100] = a[:100] + rng.integers(-2, 3, (100, 4))  # many near matches
+    b[:, 2:] = np.maximum(b[:, 2:], b[:, :2])
+    cont = lambda boxes: (boxes - [1, 1, 0, 0]).astype(np.float64)  # the reader's conversion
+    np.testing.assert_allclose(pair_iou(cont(a), cont(b)), [devkit_iou(p, q) for p, q in zip(a, b)], rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -328,8 +365,8 @@ BAD_CASES = [
     ("xml_no_bndbox", "voc", "2007-trainval", _xml_edit("000005", _obj(1, "bndbox", None)), ["000005.xml", "object 1", "bndbox"]),
     ("xml_no_xmax", "voc", "2007-trainval", _xml_edit("000005", _obj(0, "xmax", None)), ["000005.xml", "object 0", "xmax"]),
     ("xml_unknown_class", "voc", "2007-trainval", _xml_edit("000005", _obj(0, "name", "unicorn")), ["000005.xml", "object 0", "unicorn"]),
-    ("xml_xmin_ge_xmax", "voc", "2007-trainval", _xml_edit("000005", _obj(1, "xmin", "64")), ["000005.xml", "object 1", "xmin < xmax"]),
-    ("xml_ymin_ge_ymax", "voc", "2007-trainval", _xml_edit("000005", _obj(0, "ymin", "41")), ["000005.xml", "object 0", "ymin < ymax"]),
+    ("xml_xmin_gt_xmax", "voc", "2007-trainval", _xml_edit("000005", _obj(1, "xmin", "65")), ["000005.xml", "object 1", "inverted box", "xmin <= xmax"]),
+    ("xml_ymin_gt_ymax", "voc", "2007-trainval", _xml_edit("000005", _obj(0, "ymin", "42")), ["000005.xml", "object 0", "inverted box", "ymin <= ymax"]),
     ("xml_box_outside", "voc", "2007-trainval", _xml_edit("000005", _obj(1, "xmax", "70")), ["000005.xml", "object 1", "outside"]),
     ("xml_bad_difficult", "voc", "2007-trainval", _xml_edit("000005", _obj(1, "difficult", "2")), ["000005.xml", "object 1", "difficult"]),
     ("xml_non_numeric", "voc", "2007-trainval", _xml_edit("000005", _obj(0, "ymin", "top")), ["000005.xml", "object 0", "'top'"]),

@@ -284,7 +284,14 @@ class KaggleVOC(DetectionSource):
 
     split: a CSV file name relative to root ("train.csv"; "train" also works) or a path.
     box_tolerance: pixels a box may stick out of the image and still be clipped, not rejected.
-    Records keep the CSV order; every box is (N, 4) x1, y1, x2, y2 0-based pixels.
+    Records keep the CSV order; every box is (N, 4) x1, y1, x2, y2 0-based pixels, as the
+    labels say: x1 = (xc - w/2) * W, x2 = (xc + w/2) * W.
+
+    The course's Kaggle copy of VOC was made by darknet's voc_label.py, which (a) drops every
+    `difficult` object, so mAP on this layout is not the VOC protocol's (use VOCDevkit for
+    that), and (b) writes boxes one pixel narrower and shorter than the devkit's ([xmin-1,
+    xmax-1] in 1-based XML terms, where VOCDevkit reads [xmin-1, xmax]). Both are left as the
+    labels have them: this reader cannot know which tool wrote a label file.
     """
 
     def __init__(
@@ -460,8 +467,14 @@ class VOCDevkit(DetectionSource):
 
     split: '+'-joined YEAR-SET parts, e.g. "2007-test" or "2007-trainval+2012-trainval";
     records follow the parts in order, each in the order of its ImageSets file.
-    Boxes: x1, y1, x2, y2 = xmin-1, ymin-1, xmax-1, ymax-1 ((N, 4) 0-based pixels, the same
-    convention the Kaggle labels were made with). `difficult` objects are kept and flagged.
+    Boxes: x1, y1, x2, y2 = xmin-1, ymin-1, xmax, ymax ((N, 4) float32, continuous 0-based
+    pixel coordinates). VOC XML coordinates are 1-based inclusive pixel indices: the object
+    covers pixels xmin..xmax, whose continuous extent is [xmin-1, xmax), so the box width
+    x2 - x1 equals the devkit's xmax - xmin + 1 and IoU without any +1 (as every evaluator
+    here computes it) equals the devkit's VOCevaldet.m. A box with xmin == xmax is one pixel
+    wide, not empty. (Darknet's voc_label.py, which made the Kaggle layout's labels, writes
+    centre (xmin+xmax)/2 - 1 and width xmax - xmin, i.e. the box [xmin-1, xmax-1]: one pixel
+    narrower and shorter than this.) `difficult` objects are kept and flagged.
     """
 
     def __init__(
@@ -556,13 +569,13 @@ class VOCDevkit(DetectionSource):
             if bnd is None:
                 raise DataError(f"{where}: missing <bndbox>")
             xmin, ymin, xmax, ymax = (_xml_number(bnd, t, where) for t in ("xmin", "ymin", "xmax", "ymax"))
-            if xmin >= xmax or ymin >= ymax:
+            if xmin > xmax or ymin > ymax:
                 raise DataError(
-                    f"{where}: empty box, need xmin < xmax and ymin < ymax, got "
-                    f"xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
+                    f"{where}: inverted box, need xmin <= xmax and ymin <= ymax (1-based inclusive "
+                    f"pixels), got xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
                 )
-            # VOC pixel coordinates are 1-based.
-            box = (xmin - 1, ymin - 1, xmax - 1, ymax - 1)
+            # 1-based inclusive pixel indices -> continuous 0-based extent [xmin - 1, xmax)
+            box = (xmin - 1, ymin - 1, xmax, ymax)
             boxes.append(_check_and_clip(box, width, height, self.box_tolerance, where))
             labels.append(self._class_index[name])
             difficult.append(diff_text == "1")
