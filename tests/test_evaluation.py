@@ -25,7 +25,8 @@ def iou_ref(d, g):
 
 def ap_ref(rec, prec, use_07):
     if use_07:
-        return sum(max([p for r, p in zip(rec, prec) if r >= t / 10], default=0.0) for t in range(11)) / 11
+        # the thresholds of py-faster-rcnn's voc_eval.py (np.arange: 0.30000000000000004 ...)
+        return sum(max([p for r, p in zip(rec, prec) if r >= t], default=0.0) for t in np.arange(0.0, 1.1, 0.1)) / 11
     mrec, mpre = [0.0, *rec, 1.0], [0.0, *prec, 0.0]
     for i in range(len(mpre) - 2, -1, -1):
         mpre[i] = max(mpre[i], mpre[i + 1])
@@ -111,9 +112,24 @@ def test_voc_ap_uses_the_precision_envelope():
     assert voc_ap(rec, prec, True) == pytest.approx(2 / 3, abs=1e-12)
 
 
-def test_voc_ap_11_point_counts_a_recall_of_exactly_three_tenths():
-    # recall 3/10 reached with precision 1, then nothing: t = 0, .1, .2, .3 -> 1
-    assert voc_ap([0.1, 0.2, 3 / 10], [1.0, 1.0, 1.0], True) == pytest.approx(4 / 11, abs=1e-12)
+def test_voc_ap_11_point_thresholds_are_the_python_ports():
+    """np.arange(0., 1.1, 0.1) as in voc_eval.py: a recall of exactly 3/10, 6/10 or 7/10
+    does not reach t = 0.3, 0.6 or 0.7 (those thresholds are a hair above the decimals)."""
+    assert voc_ap([0.1, 0.2, 3 / 10], [1.0, 1.0, 1.0], True) == pytest.approx(3 / 11, abs=1e-12)
+    assert voc_ap([0.2, 0.4, 6 / 10], [1.0, 1.0, 1.0], True) == pytest.approx(6 / 11, abs=1e-12)
+    assert voc_ap([0.5, 7 / 10], [1.0, 1.0], True) == pytest.approx(7 / 11, abs=1e-12)
+    assert voc_ap([0.5, 0.8], [1.0, 1.0], True) == pytest.approx(9 / 11, abs=1e-12)  # 0.8 is reached
+
+
+def test_voc07_ap_of_a_class_whose_recall_is_exactly_six_tenths():
+    """End to end: 10 positives, 6 found with precision 1, recall 6 / 10 = 0.6 exactly. The
+    ports give 6/11 (t = 0 .. 0.5); exact tenths would give 7/11."""
+    boxes = [[20 * k, 0, 20 * k + 10, 10] for k in range(10)]
+    found = np.array([[*boxes[k], 1.0 - k / 100, 0] for k in range(6)])
+    r = evaluate([found], [gt(boxes, [0] * 10)])
+    assert r["recall"][0][-1] == 0.6
+    assert r["ap_07"][0] == pytest.approx(6 / 11, abs=1e-12)
+    assert r["ap_2010"][0] == pytest.approx(0.6, abs=1e-12)
 
 
 def test_voc_ap_empty_curve_is_zero():

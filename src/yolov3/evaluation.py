@@ -55,9 +55,12 @@ def _np(x: ArrayLike, dtype, shape_tail: tuple[int, ...] = ()) -> np.ndarray:
 # Average precision from a PR curve
 # --------------------------------------------------------------------------------------------
 
-# 11 recall thresholds 0, 0.1, ..., 1 as k / 10, the doubles nearest the decimals, so a recall
-# of exactly 3/10 counts at t = 0.3 (np.arange(0, 1.1, 0.1) would give 0.30000000000000004).
-_VOC07_RECALLS = np.arange(11) / 10.0
+# The 11 recall thresholds exactly as the Python ports that published VOC07 figures compute
+# them (py-faster-rcnn's voc_eval.py, and Detectron2, mmdetection and GluonCV after it):
+# np.arange(0., 1.1, 0.1), whose 0.3, 0.6 and 0.7 are 0.30000000000000004, 0.6000000000000001
+# and 0.7000000000000001. A class whose recall is exactly 3/10, 6/10 or 7/10 therefore does not
+# reach that threshold (exact tenths would count it: up to +9 points of AP on one class).
+_VOC07_RECALLS = np.arange(0.0, 1.1, 0.1)
 
 
 def voc_ap(recall: ArrayLike, precision: ArrayLike, use_07_metric: bool) -> float:
@@ -67,7 +70,14 @@ def voc_ap(recall: ArrayLike, precision: ArrayLike, use_07_metric: bool) -> floa
         recall, precision: (D,) values after each detection in falling score order (recall
             non-decreasing). Empty arrays mean no detections.
         use_07_metric: True for VOC2007's 11-point AP: the mean, over t in {0, 0.1, ..., 1}, of
-            the highest precision at recall >= t (0 if recall never reaches t). False for
+            the highest precision at recall >= t (0 if recall never reaches t), with t as
+            np.arange(0., 1.1, 0.1) gives them, like the Python ports (py-faster-rcnn's
+            voc_eval.py, Detectron2, mmdetection, GluonCV): its 0.3, 0.6 and 0.7 lie just above
+            the decimals, so a recall of exactly 3/10, 6/10 or 7/10 does not reach them. The
+            MATLAB devkit (VOCevaldet.m, `for t=0:0.1:1`) takes its thresholds from MATLAB's
+            colon operator, which builds the vector from both ends and so need not give the
+            same last bits at those three points; published VOC07 figures of the Python era
+            come from the ports, which this matches. False for
             VOC2010+'s all-point AP: the area under the precision envelope (precision made
             non-increasing by taking, at every recall, the best precision at that recall or
             beyond), summed over the recall steps.
