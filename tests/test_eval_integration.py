@@ -267,3 +267,43 @@ def test_map_every_n_epochs_in_a_fit(synth_root):
     trainer.fit(model, datamodule=dm)
     assert sorted(set(calls)) == [1, 3, 4]  # epochs 2 and 4 (1-based), and the last one
     assert trainer.validate(model, datamodule=dm, verbose=False)[0]["val/map_07"] >= 0  # validate alone: always
+
+
+def test_detect_cam_and_app_take_the_evaluation_settings_of_the_checkpoint(synth_root, tmp_path):
+    """A model validated with score_mode "obj", NMS IoU 0.6 and 7 detections per image is
+    served that way by Detector.load, its safetensors export, `yolov3 detect` and the app,
+    unless the caller overrides a setting; the confidence cut stays the caller's (0.25)."""
+    from yolov3.app import DetectorApp
+
+    torch.manual_seed(0)
+    module = YoloLitModule(width=0.0625, score_mode="obj", eval_iou_threshold=0.6, eval_max_detections=7)
+    ckpt = tmp_path / "obj.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+    settings = lambda d: (d.score_mode, d.iou_threshold, d.max_detections, d.conf_threshold)  # noqa: E731
+    assert settings(Detector.load(ckpt)) == ("obj", 0.6, 7, 0.25)
+    assert settings(Detector.load(ckpt, score_mode="obj_cls", iou_threshold=0.3, max_detections=None)) == (
+        "obj_cls", 0.3, 7, 0.25)
+    st = tmp_path / "obj.safetensors"
+    main(["export", "--weights", str(ckpt), "--out", str(st)])
+    assert settings(Detector.load(st)) == ("obj", 0.6, 7, 0.25)
+    assert settings(DetectorApp(Detector.load(st)).detector) == ("obj", 0.6, 7, 0.25)
+    # a checkpoint that says nothing keeps the defaults
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"width": 0.0625}}, plain)
+    assert settings(Detector.load(plain)) == ("obj_cls", 0.45, 100, 0.25)
+
+    images = sorted((synth_root / "images").glob("*.jpg"))[:2]
+    main(["detect", *map(str, images), "--weights", str(ckpt), "--out", str(tmp_path / "d"), "--conf", "0.01",
+          "--size", "96", "--no-draw"])
+    rows = json.loads((tmp_path / "d" / "detections.json").read_text())
+    expected = Detector.load(ckpt, size=96, conf_threshold=0.01)([np.asarray(Image.open(p).convert("RGB")) for p in images])
+    assert [len(e) for e in expected] == [7, 7]  # a random model passes hundreds of cells at 0.01
+    assert [sum(r["image_id"] == i for r in rows) == 7 for i in range(2)] == [True, True]
+    # score_mode "obj": the score is the objectness alone, as the validation computed it
+    obj_only = Detector.load(ckpt, size=96, conf_threshold=0.01, max_detections=1000)
+    both = Detector.load(ckpt, size=96, conf_threshold=0.01, max_detections=1000, score_mode="obj_cls")
+    img = [np.asarray(Image.open(images[0]).convert("RGB"))]
+    assert obj_only(img)[0][:, 4].max() > both(img)[0][:, 4].max()
+    # and the app serves the checkpoint's cap of 7 per image
+    app = DetectorApp(Detector.load(ckpt, size=96))
+    assert app.predict(str(images[0]), conf=0.01).detections.shape[0] == 7

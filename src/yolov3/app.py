@@ -154,11 +154,13 @@ class DetectorApp:
                 f"**{m.num_classes} classes:** {', '.join(d.class_names)}\n\n"
                 f"**Weights:** `{source}` ({kind})")
 
-    def predict(self, path: str | Path | None, conf: float = 0.25, iou: float = 0.45, size: int | None = None,
-                cam: str = CAM_NONE, which: int | None = 0, name: str | None = None) -> Prediction:
+    def predict(self, path: str | Path | None, conf: float | None = None, iou: float | None = None,
+                size: int | None = None, cam: str = CAM_NONE, which: int | None = 0,
+                name: str | None = None) -> Prediction:
         """Detect (and explain) one uploaded image. Raises UploadError for unusable input.
 
-        size: the input size (default: the loaded detector's); which: the detection
+        conf, iou, size: default to the loaded detector's (whose NMS IoU and score mode come
+        from the weights' evaluation settings, see Detector.load); which: the detection
         Grad-CAM explains (an index into the detections, by score).
         """
         from yolov3.cam import ImageCAM, explain, render
@@ -169,6 +171,8 @@ class DetectorApp:
             raise UploadError(f"CAM must be one of {', '.join(CAM_CHOICES)}, not {cam!r}")
         lo, hi, step = self.size_range
         size = int(size or self.detector.size)
+        conf = self.detector.conf_threshold if conf is None else conf
+        iou = self.detector.iou_threshold if iou is None else iou
         if not (lo <= size <= hi and size % step == 0):
             raise UploadError(f"input size must be a multiple of {step} from {lo} to {hi}, not {size}")
         if not (0.0 <= conf <= 1.0 and 0.0 <= iou <= 1.0):

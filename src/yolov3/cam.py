@@ -445,8 +445,8 @@ def render(image: np.ndarray, result: ImageCAM, class_names: Sequence[str],
 
 
 def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "gradcam", layer: str = "head",
-            size: int | None = None, conf: float = 0.25, iou: float = 0.45, device: str = "cpu", max_detections: int = 20,
-            batch_size: int = 4, cols: int = 6, cell: int = 320, sheet_path: str | Path | None = None) -> dict:
+            size: int | None = None, conf: float = 0.25, iou: float | None = None, device: str = "cpu",
+            max_detections: int = 20, batch_size: int = 4, cols: int = 6, cell: int = 320, sheet_path: str | Path | None = None) -> dict:
     """`yolov3 cam`: overlays per detection and per image, a contact sheet, and cam.json.
 
     Writes <stem>_det<k>_<class>_<method>.png for each detection (Grad-CAM methods),

@@ -201,7 +201,8 @@ def _add_detector_args(p: argparse.ArgumentParser, weights_required: bool = True
                    help="a .ckpt checkpoint or a .safetensors export"
                         + ("" if weights_required else " (default: the demo's runs/demo/checkpoints/best.ckpt)"))
     p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--iou", type=float, default=None,
+                   help="NMS IoU threshold (default: the one the weights were evaluated with, else 0.45)")
     p.add_argument("--size", type=int, default=None,
                    help="input size, a multiple of 32 (default: the size the weights were evaluated at, else 416)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -247,7 +248,8 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--out", default="runs/detect", help="output folder (default runs/detect)")
     _add_detector_args(p)
     p.add_argument("--batch", type=int, default=8, help="images per forward pass")
-    p.add_argument("--max-det", type=int, default=100, help="detections per image at most")
+    p.add_argument("--max-det", type=int, default=None,
+                   help="detections per image at most (default: the evaluation's, else 100)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed) instead of stopping")
     p.add_argument("--no-draw", action="store_true", help="write only detections.json")
 

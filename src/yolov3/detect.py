@@ -52,8 +52,8 @@ def _output_names(paths: Sequence[Path]) -> list[str]:
     return [f"{p.parent.name}_{p.name}" if p.name in dup else p.name for p in paths]
 
 
-def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float = 0.25, iou: float = 0.45,
-               size: int | None = None, device: str = "cpu", batch_size: int = 8, max_detections: int = 100,
+def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float = 0.25, iou: float | None = None,
+               size: int | None = None, device: str = "cpu", batch_size: int = 8, max_detections: int | None = None,
                skip_bad: bool = False, draw: bool = True) -> dict:
     """Detect objects in every source image; write annotated copies and detections.json.
 
@@ -61,7 +61,8 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
     [x, y, w, h] in original pixels, "score"}) with "file_name" and "category_name" added;
     image_id is the image's position in the input list, category_id the class index.
     A file that cannot be read stops the run with its name, unless skip_bad (then it is
-    listed in the summary under "skipped").
+    listed in the summary under "skipped"). iou, size and max_detections left as None take
+    what the weights were evaluated with, and so does the score mode (see Detector.load).
     """
     from PIL import Image
     from rich.progress import Progress

@@ -16,6 +16,17 @@ from yolov3.data.sample import Sample
 from yolov3.model import YOLOv3
 
 
+# The post-processing settings a training run evaluated with, by their name in the
+# LightningModule's hyper-parameters -> the Detector argument they become. Detector.load takes
+# them from the checkpoint (or a safetensors export of it) unless the caller gives a value, so
+# validation, test, detect, cam and the app all score and suppress boxes the same way.
+# The confidence threshold is deliberately not among them: evaluation's eval_conf_threshold
+# (0.005) serves the VOC protocol, which integrates precision over every score, while a
+# detection shown to a person needs a cut (0.25 unless the caller says otherwise).
+EVAL_SETTINGS = {"score_mode": "score_mode", "eval_iou_threshold": "iou_threshold",
+                 "eval_max_detections": "max_detections"}
+
+
 class Detector:
     """Runs a YOLOv3 on RGB images and returns boxes in original image pixels.
 
@@ -66,8 +77,10 @@ class Detector:
         """Load weights from a Lightning checkpoint (.ckpt) or a safetensors export (.safetensors).
 
         Neither can run code: checkpoints go through torch.load(weights_only=True).
-        size=None (or left out) takes the size the weights were evaluated at, when they say
-        (checkpoints of this project's training do), else DEFAULT_SIZE.
+        A setting left out or given as None takes what the weights say, when they say it
+        (checkpoints of this project's training and their exports do): size -> the size they
+        were evaluated at (else DEFAULT_SIZE); score_mode, iou_threshold, max_detections ->
+        the evaluation's (EVAL_SETTINGS; else "obj_cls", 0.45, 100). A value given wins.
         """
         path = Path(path)
         if not path.is_file():
@@ -90,7 +103,8 @@ class Detector:
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(state)
         anchors = ckpt["state_dict"].get("anchors")
-        data = ckpt.get(DATA_KEY) or {}
+        data = dict(ckpt.get(DATA_KEY) or {})
+        data.update({arg: hp[key] for key, arg in EVAL_SETTINGS.items() if hp.get(key) is not None})
         return cls._with_data_defaults(model, anchors, path, data, kwargs)
 
     @classmethod
@@ -111,14 +125,19 @@ class Detector:
         model = YOLOv3(num_classes=len(names), width=float(meta["width"]))
         anchors = tensors.pop("anchors", None)
         model.load_state_dict(tensors)
-        data = {"class_names": names, **{k: json.loads(meta[k]) for k in ("image_size", "train_sizes") if k in meta}}
+        keys = ("image_size", "train_sizes", *EVAL_SETTINGS.values())
+        data = {"class_names": names, **{k: json.loads(meta[k]) for k in keys if k in meta}}
         return cls._with_data_defaults(model, anchors, path, data, kwargs)
 
     @classmethod
     def _with_data_defaults(cls, model: YOLOv3, anchors, path: Path, data: dict, kwargs: dict) -> Detector:
-        """Build with what the weights say (class names, eval size, training sizes) as defaults."""
-        if kwargs.get("size") is None:
-            kwargs["size"] = int(data.get("image_size", DEFAULT_SIZE))
+        """Build with what the weights say (class names, eval size, training sizes, evaluation
+        settings) as defaults; a keyword given as None counts as not given."""
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        kwargs.setdefault("size", int(data.get("image_size", DEFAULT_SIZE)))
+        for arg in EVAL_SETTINGS.values():
+            if arg in data:
+                kwargs.setdefault(arg, data[arg])
         if data.get("class_names"):
             kwargs.setdefault("class_names", data["class_names"])
         kwargs.setdefault("train_sizes", tuple(data.get("train_sizes", ())))
@@ -126,14 +145,16 @@ class Detector:
         return cls(model, anchors=anchors, **kwargs)
 
     def save_safetensors(self, path: str | Path) -> None:
-        """Write the weights, anchors, width and class names as one safetensors file."""
+        """Write the weights, anchors, width, class names, sizes and the post-processing
+        settings (score mode, NMS IoU, detections per image) as one safetensors file."""
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tensors["anchors"] = self.anchors.detach().cpu().contiguous()
         meta = {"width": str(self.model.width), "class_names": json.dumps(list(self.class_names)),
                 "image_size": json.dumps(self.size), "train_sizes": json.dumps(list(self.train_sizes)),
-                "format": "yolov3 detector v1"}
+                "score_mode": json.dumps(self.score_mode), "iou_threshold": json.dumps(self.iou_threshold),
+                "max_detections": json.dumps(self.max_detections), "format": "yolov3 detector v1"}
         save_file(tensors, str(path), metadata=meta)
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[Letterbox]]:
