@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from yolov3.constants import DEFAULT_ANCHORS
@@ -84,3 +85,87 @@ def test_perfect_prediction_has_small_box_and_class_loss():
         preds.append(p)
     total, parts = YoloLoss()(preds, t, ANCHORS)
     assert parts["box"] < 1e-3 and parts["cls"] < 1e-3 and parts["noobj"] < 1e-3 and parts["obj"] < 1e-3
+
+
+def _obj_term_reference(outputs, targets, anchors, form):
+    """The objectness term by a loop over object cells: IoU of the decoded box (centre from
+    sigmoid, size from exp times the anchor, in cells) with the target box, then MSE of the
+    sigmoid or BCE of the logit against it; mean per scale, summed over scales."""
+    import math
+
+    total = 0.0
+    for pred, target, anchor in zip(outputs, targets, anchors):
+        gh, gw = pred.shape[2:4]
+        values = []
+        for b, a, y, x in (target[..., 0] == 1).nonzero().tolist():
+            p, t = pred[b, a, y, x].double(), target[b, a, y, x].double()
+            px, py = torch.sigmoid(p[1]).item(), torch.sigmoid(p[2]).item()
+            pw = math.exp(min(p[3].item(), 10.0)) * anchor[a, 0].item() * gw
+            ph = math.exp(min(p[4].item(), 10.0)) * anchor[a, 1].item() * gh
+            tx, ty, tw, th = t[1:5].tolist()
+            iw = max(0.0, min(px + pw / 2, tx + tw / 2) - max(px - pw / 2, tx - tw / 2))
+            ih = max(0.0, min(py + ph / 2, ty + th / 2) - max(py - ph / 2, ty - th / 2))
+            iou = iw * ih / (pw * ph + tw * th - iw * ih + 1e-9)
+            s = 1 / (1 + math.exp(-p[0].item()))
+            values.append((s - iou) ** 2 if form == "mse_iou" else -(iou * math.log(s) + (1 - iou) * math.log(1 - s)))
+        total += sum(values) / len(values) if values else 0.0
+    return total
+
+
+def test_objectness_forms_match_a_loop_reference():
+    torch.manual_seed(0)
+    anchors = ANCHORS
+    with torch.no_grad():
+        outputs = [o * 3 for o in YOLOv3(width=0.0625)(torch.rand(2, 3, 64, 64))]  # spread the scores
+    targets = batch()
+    for form in ("mse_iou", "bce_iou"):
+        _, parts = YoloLoss(objectness_loss=form)(outputs, targets, anchors)
+        ref = _obj_term_reference(outputs, targets, anchors, form)
+        assert abs(parts["obj"].item() - ref) <= 1e-4 * max(1.0, abs(ref)), (form, parts["obj"].item(), ref)
+    with pytest.raises(ValueError, match="objectness_loss must be one of"):
+        YoloLoss(objectness_loss="focal")
+
+
+def test_bce_objectness_still_pulls_up_a_collapsed_object_cell():
+    """At sigmoid(o) = 0.001 on an object cell whose IoU target is 0.6 the course's MSE term
+    has a gradient of 2 (s - iou) s (1 - s), about 1.2e-3 in the logit; BCE's is s - iou,
+    about 0.6: 500 times stronger, and pointing the same way (up)."""
+    pred = torch.zeros(1, 3, 1, 1, 25)
+    pred[..., 0] = torch.logit(torch.tensor(0.001))
+    anchors = torch.tensor(DEFAULT_ANCHORS)
+    # a target box equal to the first anchor's predicted box (tw = th = 0) shifted so IoU = 0.6
+    target = torch.zeros(1, 3, 1, 1, 6)
+    target[0, 0, 0, 0, :5] = torch.tensor([1.0, 0.5, 0.5, 0.0, 0.0])
+    aw, ah = (anchors[0, 0] * 1).tolist()
+    target[0, 0, 0, 0, 3:5] = torch.tensor([aw * 0.6, ah])  # same centre, 0.6 of the width: IoU 0.6
+    target[0, 0, 0, 0, 1:3] = 0.5
+    grads = {}
+    for form in ("mse_iou", "bce_iou"):
+        p = pred.clone().requires_grad_(True)
+        loss = YoloLoss(objectness_loss=form)._scale(p, target, anchors[0])["obj"]
+        (g,) = torch.autograd.grad(loss, p)
+        grads[form] = g[0, 0, 0, 0, 0].item()
+    assert grads["mse_iou"] < 0 and grads["bce_iou"] < 0  # descent raises the logit
+    assert abs(grads["bce_iou"]) > 300 * abs(grads["mse_iou"]), grads
+
+
+def test_objectness_prior_sets_the_starting_score():
+    from yolov3.lit import YoloLitModule
+    from yolov3.model import ScalePrediction
+
+    torch.manual_seed(0)
+    plain = YoloLitModule(width=0.0625)
+    torch.manual_seed(0)
+    prior = YoloLitModule(width=0.0625, objectness_prior=0.01)
+    heads = [(a, b) for a, b in zip(plain.model.modules(), prior.model.modules()) if isinstance(a, ScalePrediction)]
+    assert len(heads) == 3
+    for a, b in heads:
+        ba, bb = (h.pred[-1].conv.bias.detach().view(3, 25) for h in (a, b))
+        torch.testing.assert_close(torch.sigmoid(bb[:, 0]), torch.full((3,), 0.01))
+        torch.testing.assert_close(ba[:, 1:], bb[:, 1:], rtol=0, atol=0)  # box and class biases untouched
+    with torch.no_grad():
+        out = prior(torch.rand(2, 3, 64, 64))
+    # every cell starts near the prior (the weights add a little spread), not near 0.5
+    assert all(torch.sigmoid(o[..., 0]).median() < 0.05 for o in out)
+    with pytest.raises(ValueError, match=r"prior must be in \(0, 1\)"):
+        heads[0][0].init_objectness_bias(1.0)

@@ -13,7 +13,7 @@ from yolov3.boxes import postprocess, undo_letterbox
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS
 from yolov3.loss import LOSS_TERMS, LossWeights, YoloLoss
 from yolov3.metrics import CourseAccuracy, DetectionMAP
-from yolov3.model import YOLOv3
+from yolov3.model import ScalePrediction, YOLOv3
 from yolov3.targets import build_targets
 
 class YoloLitModule(L.LightningModule):
@@ -38,6 +38,9 @@ class YoloLitModule(L.LightningModule):
         eval_conf_threshold, eval_iou_threshold, eval_max_detections, eval_max_candidates,
             score_mode: the detection settings of that evaluation (low threshold, as the VOC
             protocol integrates over every score; score_mode "obj_cls" or "obj").
+        objectness_loss: "mse_iou" (the course's) or "bce_iou"; see yolov3.loss.YoloLoss.
+        objectness_prior: if set, every head starts with sigmoid(objectness) = this (e.g.
+            0.01) instead of about 0.5; None keeps PyTorch's default initialisation.
     """
 
     def __init__(
@@ -62,17 +65,23 @@ class YoloLitModule(L.LightningModule):
         eval_max_detections: int = 100,
         eval_max_candidates: int = 1000,
         score_mode: str = "obj_cls",
+        objectness_loss: str = "mse_iou",
+        objectness_prior: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = YOLOv3(num_classes=num_classes, width=width)
+        if objectness_prior is not None:
+            for head in self.model.modules():
+                if isinstance(head, ScalePrediction):
+                    head.init_objectness_bias(objectness_prior)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         anchor_tensor = torch.tensor(anchors if anchors is not None else DEFAULT_ANCHORS, dtype=torch.float32)
         if anchor_tensor.shape != (3, 3, 2):
             raise ValueError(f"anchors must be 3 scales x 3 anchors x (w, h), got shape {tuple(anchor_tensor.shape)}")
         self.register_buffer("anchors", anchor_tensor)
-        self.loss_fn = YoloLoss(LossWeights(**(loss_weights or {})))
+        self.loss_fn = YoloLoss(LossWeights(**(loss_weights or {})), objectness_loss)
         self.train_acc = CourseAccuracy(conf_threshold)
         self.val_acc = CourseAccuracy(conf_threshold)
         self.test_acc = CourseAccuracy(conf_threshold)

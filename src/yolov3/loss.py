@@ -28,21 +28,36 @@ def _mean_or_zero(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.mean() if values.numel() else like.sum() * 0.0
 
 
+OBJECTNESS_LOSSES = ("mse_iou", "bce_iou")
+
+
 class YoloLoss(nn.Module):
     """Sum over scales of the course's four terms.
 
     Per scale, with obj/noobj the cells whose target objectness is 1/0 (ignored cells, -1,
     are in neither):
       noobj: BCE-with-logits of objectness vs 0 over no-object cells;
-      obj:   MSE of sigmoid(objectness) vs the (detached) IoU of the predicted and target box;
+      obj:   objectness vs the (detached) IoU of the predicted and target box, as
+             objectness_loss says: "mse_iou" (the course's) MSE of sigmoid(objectness), or
+             "bce_iou" BCE-with-logits against the IoU as a soft target;
       box:   MSE of (sigmoid tx, sigmoid ty, tw, th) vs (cell offsets, log(w / anchor));
       cls:   cross-entropy of the class logits over object cells.
     All means are over the selected cells, as in the course.
+
+    Why "bce_iou" exists: the course's MSE on sigmoid(o) has gradient 2 (s - iou) s (1 - s)
+    in the logit o, which vanishes as s -> 0. The no-object term (weight 10, nearly every
+    cell) drives s towards 0 everywhere in the first steps, while boxes are still poor and
+    the IoU target small; once an object cell's s is near 0 its own term can hardly lift it
+    (on real VOC photos: object accuracy 0.4 % after 400 steps, class accuracy 98 %).
+    BCE's gradient s - iou does not vanish.
     """
 
-    def __init__(self, weights: LossWeights | None = None) -> None:
+    def __init__(self, weights: LossWeights | None = None, objectness_loss: str = "mse_iou") -> None:
         super().__init__()
+        if objectness_loss not in OBJECTNESS_LOSSES:
+            raise ValueError(f"objectness_loss must be one of {OBJECTNESS_LOSSES}, got {objectness_loss!r}")
         self.weights = weights or LossWeights()
+        self.objectness_loss = objectness_loss
 
     def forward(
         self, outputs: list[torch.Tensor], targets: list[torch.Tensor], anchors: torch.Tensor
@@ -69,8 +84,7 @@ class YoloLoss(nn.Module):
         total = parts["box"] + parts["obj"] + parts["noobj"] + parts["cls"]
         return total, parts
 
-    @staticmethod
-    def _scale(pred: torch.Tensor, target: torch.Tensor, anchors: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _scale(self, pred: torch.Tensor, target: torch.Tensor, anchors: torch.Tensor) -> dict[str, torch.Tensor]:
         gh, gw = pred.shape[2:4]
         obj = target[..., 0] == 1
         noobj = target[..., 0] == 0
@@ -90,7 +104,11 @@ class YoloLoss(nn.Module):
         # exp is clamped only for the IoU (detached), so an early huge tw cannot make NaNs.
         wh = torch.exp(p[:, 3:5].detach().clamp(max=10.0)) * anchor_cells
         iou = elementwise_iou(torch.cat((xy.detach(), wh), 1), t[:, 1:5], fmt="cxcywh")
-        obj_loss = _mean_or_zero(F.mse_loss(torch.sigmoid(p[:, 0]), iou, reduction="none"), pred)
+        if self.objectness_loss == "mse_iou":
+            obj_values = F.mse_loss(torch.sigmoid(p[:, 0]), iou, reduction="none")
+        else:
+            obj_values = F.binary_cross_entropy_with_logits(p[:, 0], iou, reduction="none")
+        obj_loss = _mean_or_zero(obj_values, pred)
 
         box_pred = torch.cat((xy, p[:, 3:5]), 1)
         box_target = torch.cat((t[:, 1:3], torch.log(1e-16 + t[:, 3:5] / anchor_cells)), 1)

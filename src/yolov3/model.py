@@ -12,6 +12,8 @@ axis is (objectness logit, tx, ty, tw, th, class logits...).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -113,6 +115,17 @@ class ScalePrediction(nn.Module):
             CNNBlock(2 * in_channels, (num_classes + 5) * NUM_ANCHORS, bn_act=False, kernel_size=1),
         )
         self.num_classes = num_classes
+
+    def init_objectness_bias(self, prior: float) -> None:
+        """Set each anchor's objectness bias to logit(prior), so every cell starts at
+        sigmoid = prior instead of about 0.5 (RetinaNet's prior, Lin et al. 2017, sec. 4.1).
+        The class biases are left alone: the class term is a softmax, which a common shift
+        does not change. Raises ValueError unless 0 < prior < 1."""
+        if not 0.0 < prior < 1.0:
+            raise ValueError(f"objectness prior must be in (0, 1), got {prior}")
+        conv = self.pred[-1].conv
+        with torch.no_grad():
+            conv.bias.view(NUM_ANCHORS, self.num_classes + 5)[:, 0] = math.log(prior / (1.0 - prior))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
