@@ -24,6 +24,7 @@ def test_fit_a_few_steps(config, synth_root, tmp_path, monkeypatch, caplog):
         "--model.width", "0.0625",
         "--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+        "--trainer.check_val_every_n_epoch", "1",
     ])
     ckpts = list(tmp_path.glob("runs/*/checkpoints/last.ckpt"))
     assert len(ckpts) == 1
