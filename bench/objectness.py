@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from common import describe_machine, report
-from yolov3.boxes import postprocess
+from yolov3.boxes import postprocess, xyxy_to_cxcywh
 from yolov3.constants import DEFAULT_ANCHORS
 from yolov3.data.augment import letterbox
 from yolov3.data.sources import VOCDevkit
 from yolov3.evaluation import VOCEvaluator
 from yolov3.loss import YoloLoss
 from yolov3.metrics import CourseAccuracy
-from yolov3.model import ScalePrediction, YOLOv3
+from yolov3.model import YOLOv3
 from yolov3.targets import build_targets
 
 VARIANTS = [("mse_iou", None), ("mse_iou", 0.01), ("bce_iou", None), ("bce_iou", 0.01)]
@@ -42,8 +42,8 @@ def load(root: str, split: str, size: int):
         s, _ = letterbox(src[i], size)
         images.append(torch.from_numpy(s.image).permute(2, 0, 1).float() / 255)
         b = s.boxes.astype(np.float32)
-        cxcywh = np.stack(((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]), 1)
-        rows.append(np.concatenate((s.labels[:, None].astype(np.float32), cxcywh / size), 1))
+        cxcywh = xyxy_to_cxcywh(torch.from_numpy(b)).numpy() / size
+        rows.append(np.concatenate((s.labels[:, None].astype(np.float32), cxcywh), 1))
         truths.append({"boxes": b, "labels": s.labels, "difficult": s.difficult})
     return torch.stack(images), rows, truths
 
@@ -65,9 +65,7 @@ def run(variant, images, rows, truths, args) -> dict:
     anchors = torch.tensor(DEFAULT_ANCHORS)
     model = YOLOv3(num_classes=20, width=args.width)
     if prior is not None:
-        for head in model.modules():
-            if isinstance(head, ScalePrediction):
-                head.init_objectness_bias(prior)
+        model.init_objectness_bias(prior)
     loss_fn = YoloLoss(objectness_loss=form)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr / 100, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.125,

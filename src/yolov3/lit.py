@@ -13,7 +13,7 @@ from yolov3.boxes import postprocess, undo_letterbox
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS
 from yolov3.loss import LOSS_TERMS, LossWeights, YoloLoss
 from yolov3.metrics import CourseAccuracy, DetectionMAP
-from yolov3.model import ScalePrediction, YOLOv3
+from yolov3.model import YOLOv3
 from yolov3.targets import build_targets
 
 class YoloLitModule(L.LightningModule):
@@ -72,9 +72,7 @@ class YoloLitModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = YOLOv3(num_classes=num_classes, width=width)
         if objectness_prior is not None:
-            for head in self.model.modules():
-                if isinstance(head, ScalePrediction):
-                    head.init_objectness_bias(objectness_prior)
+            self.model.init_objectness_bias(objectness_prior)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         anchor_tensor = torch.tensor(anchors if anchors is not None else DEFAULT_ANCHORS, dtype=torch.float32)

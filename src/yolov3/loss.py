@@ -48,7 +48,8 @@ class YoloLoss(nn.Module):
     in the logit o, which vanishes as s -> 0. The no-object term (weight 10, nearly every
     cell) drives s towards 0 everywhere in the first steps, while boxes are still poor and
     the IoU target small; once an object cell's s is near 0 its own term can hardly lift it
-    (on real VOC photos: object accuracy 0.4 % after 400 steps, class accuracy 98 %).
+    (60 real VOC photos, bench/objectness.py: object accuracy 0.0 % after 400 steps, class
+    accuracy 98.5 %; bce_iou: 92.1 %).
     BCE's gradient s - iou does not vanish.
     """
 

@@ -182,6 +182,13 @@ class YOLOv3(nn.Module):
                 raise ValueError(f"unknown config item {item!r}")
         return layers
 
+    def init_objectness_bias(self, prior: float) -> None:
+        """Start every head at sigmoid(objectness) = prior (ScalePrediction.init_objectness_bias
+        on each of the three)."""
+        for head in self.layers:
+            if isinstance(head, ScalePrediction):
+                head.init_objectness_bias(prior)
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: (B, 3, S, S) float, S a multiple of 32 -> three (B, 3, S/stride, S/stride, 5+C) tensors."""
         if x.shape[-1] % 32 or x.shape[-2] % 32:
