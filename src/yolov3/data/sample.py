@@ -1,23 +1,71 @@
-"""The one sample type every reader yields, the data error, and the image loader."""
+"""The one sample type every reader yields, the data error, and the image loader.
+
+Pixels are the STORED pixels: an EXIF orientation tag is reported (``read_image`` returns
+it) but never applied, because VOC boxes are drawn on the stored pixels, as the VOC devkit
+(MATLAB imread), darknet and the course's code (PIL without exif_transpose) read them.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+# Pillow refuses images above twice its MAX_IMAGE_PIXELS (2 x 89,478,485) as decompression
+# bombs; the readers keep that limit, with a message of their own instead of Pillow's warning
+# or error. Callers that want another (detect: 40 MP, like the app) pass max_pixels.
+MAX_PIXELS = 178_956_970
+
+# EXIF tag 0x0112. 1 (or no tag) means "show as stored"; 2-8 mean a viewer mirrors and/or
+# rotates the image; other values are not defined and viewers ignore them.
+ORIENTATION_TAG = 0x0112
+ORIENTATIONS = {
+    2: "mirrored left-right", 3: "rotated 180 degrees", 4: "mirrored top-bottom",
+    5: "transposed", 6: "rotated 90 degrees clockwise", 7: "transversed", 8: "rotated 90 degrees counter-clockwise",
+}
+
+# Image modes load_rgb turns into RGB without guessing at a value range. 16-bit grayscale is
+# handled apart (scaled to 8 bits); 32-bit integer or float samples have no agreed range and
+# are refused rather than clipped.
+_TO_RGB_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+_16BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def printable(text: str) -> str:
+    """text with the lone surrogates of undecodable file-name bytes as \\xNN escapes.
+
+    On Linux a file name is bytes; Python carries a byte that is not UTF-8 as a lone surrogate
+    (surrogateescape), which a UTF-8 terminal or log file refuses to encode. b"caf\\xe9.jpg"
+    (Latin-1) reads "caf\\xe9.jpg" here: the backslash sequence is four ASCII characters.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that did not come from file-name bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 class DataError(ValueError):
-    """A problem with a file of the dataset; the message names the file (and line)."""
+    """A problem with a file of the dataset; the message names the file (and line).
+
+    The message is made printable (see `printable`), so printing or logging it never fails on
+    a file name that is not valid UTF-8.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(str(message)))
 
 
 @dataclass
 class Sample:
     """One image and its boxes.
 
-    image:     (H, W, 3) uint8 RGB.
+    image:     (H, W, 3) uint8 RGB, the stored pixels (EXIF orientation not applied).
     boxes:     (N, 4) float32 x1, y1, x2, y2 in pixels of `image`, 0-based.
     labels:    (N,) int64 class indices.
     difficult: (N,) bool, VOC's `difficult` flag (False where the layout has none).
@@ -43,39 +91,122 @@ class Sample:
             )
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB.
+# Pillow's bomb check runs inside Image.open against the module global MAX_IMAGE_PIXELS
+# (a warning above it, an error above twice it). Our callers check against a limit of their
+# own, so the header is opened with Pillow's check off; the global is switched only around
+# the header read (no decoding happens there) and under a lock, so threads of this module
+# never see each other's setting and restore it in the right order.
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
-    EXIF orientation is applied (the pixels come out the way a viewer shows them), and
-    grayscale, RGBA, CMYK and palette images are converted to RGB. Raises DataError naming
-    the file when it cannot be read or decoded (missing, not an image, truncated).
+
+@contextmanager
+def _open(path: Path) -> Iterator[Image.Image]:
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        yield im
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag, 1 when absent or unreadable (it is only reported, never
+    applied, so a damaged EXIF block must not make the image unreadable)."""
+    try:
+        value = im.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001  # Pillow's EXIF parser raises many types on bad data
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _cannot_read(path: Path, exc: BaseException) -> DataError:
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"{path}: image file not found")
+    if isinstance(exc, PermissionError):
+        return DataError(f"{path}: cannot read image (permission denied)")
+    if isinstance(exc, IsADirectoryError):
+        return DataError(f"{path}: is a folder, not an image file")
+    return DataError(f"{path}: cannot read image ({exc})")
+
+
+_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _too_large(path: Path, w: int, h: int, max_pixels: int) -> DataError:
+    return DataError(
+        f"{path}: {w} x {h} pixels ({w * h / 1e6:.1f} MP) is more than the limit of "
+        f"{max_pixels / 1e6:.1f} MP (a file this large may be a decompression bomb)"
+    )
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """Decode an image file completely: ((H, W, 3) uint8 RGB stored pixels, EXIF orientation).
+
+    The orientation is the EXIF tag's value (1 when absent; 2-8 mean a viewer would show
+    the image mirrored or rotated); it is NOT applied. Grayscale, palette, RGBA (alpha
+    dropped, the stored colour kept), CMYK and YCbCr images become RGB; 16-bit grayscale is
+    scaled to 8 bits (round(v * 255 / 65535)); 16-bit RGB(A) PNGs keep their high byte.
+
+    Raises DataError naming the file when it is missing, unreadable, not an image, cut
+    short anywhere (the whole file is decoded), has more than max_pixels pixels (checked
+    from the header, before decoding), or has samples of 32-bit integers or floats.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise _too_large(path, w, h, max_pixels)
+            orientation = _orientation(im)
             im.load()
-            im = ImageOps.exif_transpose(im)
+            if im.mode in _16BIT_MODES:
+                wide = np.asarray(im, dtype=np.uint16).astype(np.uint32)
+                gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)  # round(v * 255 / 65535)
+                return np.repeat(gray[..., None], 3, axis=2), orientation
+            if im.mode not in _TO_RGB_MODES:
+                raise DataError(
+                    f"{path}: image mode {im.mode!r} is not supported (8-bit and 16-bit images "
+                    f"are; 32-bit samples have no agreed range); convert it to 8-bit RGB"
+                )
             if im.mode == "P" and "transparency" in im.info:
-                im = im.convert("RGBA")
+                im = im.convert("RGBA")  # a palette with transparency converts to RGB via RGBA
             if im.mode != "RGB":
                 im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
+            return np.asarray(im, dtype=np.uint8).copy(), orientation
+    except DataError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _cannot_read(path, exc) from None
+
+
+def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB, its stored pixels (EXIF orientation NOT
+    applied; see read_image for the conversions and the DataError cases)."""
+    return read_image(path, max_pixels)[0]
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image as load_rgb would return it, reading only the header."""
+    """(width, height) of the stored image, as load_rgb returns it, reading only the header.
+
+    No pixel limit is applied (nothing is decoded); DataError naming the file when it is
+    missing, unreadable or not an image.
+    """
+    return image_header(path)[:2]
+
+
+def image_header(path: str | Path) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation) from the header only; see image_size and read_image."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: cannot read image ({exc})") from None
-    # EXIF orientations 5-8 swap width and height.
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        with _open(path) as im:
+            return im.size[0], im.size[1], _orientation(im)
+    except _READ_ERRORS as exc:
+        raise _cannot_read(path, exc) from None
+
+
+def too_large(path: str | Path, width: int, height: int, max_pixels: int) -> DataError:
+    """The DataError for an image over max_pixels (for callers that check the header first)."""
+    return _too_large(Path(path), width, height, max_pixels)
