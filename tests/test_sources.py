@@ -457,7 +457,9 @@ def test_skip_bad_still_raises_for_split_level_errors(kaggle_root: Path, voc_roo
 # --------------------------------------------------------------------------- image modes / EXIF
 
 
-def test_image_modes_and_exif_orientation(tmp_path: Path) -> None:
+def test_image_modes_and_exif_orientation_kept_as_stored(tmp_path: Path, caplog) -> None:
+    """Boxes refer to the stored pixels (VOC devkit, darknet, the course): an EXIF orientation
+    tag is listed and warned about, never applied."""
     root = tmp_path / "modes"
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
@@ -467,32 +469,36 @@ def test_image_modes_and_exif_orientation(tmp_path: Path) -> None:
     pal.putpalette([0, 0, 0, 200, 10, 30] + [0] * (256 * 3 - 6))
     pal.save(root / "images" / "pal.png")
     # Stored 60 wide x 40 high with a red top-left block; orientation 6 means "rotate 90
-    # degrees clockwise to display", so it loads 40 wide x 60 high, the block top-right.
+    # degrees clockwise to display". It loads as stored: 60 wide, 40 high, block top-left.
     stored = np.zeros((40, 60, 3), np.uint8)
     stored[:10, :10] = (255, 0, 0)
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(stored).save(root / "images" / "exif.jpg", exif=exif.tobytes(), quality=95)
-    # Box y2 = 58 fits only the rotated (40x60) frame; the stored frame is 40 high.
-    exif_box = (2, 45, 30, 58, 7, False)
-    cases = {"gray.jpg": (30, 20), "rgba.png": (24, 16), "pal.png": (20, 10), "exif.jpg": (40, 60)}
+    # Box x2 = 58 fits only the stored (60x40) frame; the rotated one is 40 wide.
+    exif_box = (45, 2, 58, 30, 7, False)
+    cases = {"gray.jpg": (30, 20), "rgba.png": (24, 16), "pal.png": (20, 10), "exif.jpg": (60, 40)}
     for name, size in cases.items():
         objs = [exif_box] if name == "exif.jpg" else [(1, 1, 5, 5, 0, False)]
         (root / "labels" / f"{Path(name).stem}.txt").write_text(kaggle_lines(size, objs))
     (root / "train.csv").write_text("".join(f"{n},{Path(n).stem}.txt\n" for n in cases))
 
-    src = KaggleVOC(root)
+    with caplog.at_level(logging.WARNING, logger="yolov3.data"):
+        src = KaggleVOC(root)
     assert len(src) == 4
     for sample, (name, (w, h)) in zip(src, cases.items()):
         assert sample.image.shape == (h, w, 3), name
         assert sample.image.dtype == np.uint8, name
-    gray, _, palette, rotated = list(src)
+    gray, _, palette, stored_sample = list(src)
     assert (gray.image[..., 0] == gray.image[..., 1]).all() and (gray.image[..., 1] == gray.image[..., 2]).all()
     assert (palette.image == (200, 10, 30)).all()
-    assert (src.records[3].width, src.records[3].height) == (40, 60)
-    np.testing.assert_allclose(rotated.boxes, [exif_box[:4]], atol=1e-3)
-    top_right = rotated.image[:8, -8:].reshape(-1, 3).mean(0)
-    assert top_right[0] > 200 and top_right[1] < 60 and top_right[2] < 60
+    assert (src.records[3].width, src.records[3].height) == (60, 40)
+    np.testing.assert_allclose(stored_sample.boxes, [exif_box[:4]], atol=1e-3)
+    top_left = stored_sample.image[:8, :8].reshape(-1, 3).mean(0)
+    assert top_left[0] > 200 and top_left[1] < 60 and top_left[2] < 60
+    assert src.exif_oriented == [(root / "images" / "exif.jpg", 6)]
+    warned = [r.getMessage() for r in caplog.records if r.name == "yolov3.data"]
+    assert len(warned) == 1 and "exif.jpg (6)" in warned[0] and "not applied" in warned[0]
 
 
 # --------------------------------------------------------------------------- layout detection
@@ -531,18 +537,17 @@ def test_root_with_both_layouts(kaggle_root: Path) -> None:
     assert isinstance(open_source(kaggle_root, "2007-trainval"), VOCDevkit)
 
 
-def test_truncated_image_data_skipped_with_skip_bad_else_named_on_load(kaggle_root: Path, caplog) -> None:
-    # Cut the JPEG in the middle of its data: the header still reads, decoding does not.
+def test_truncated_image_data_fails_when_indexing_or_is_skipped(kaggle_root: Path, caplog) -> None:
+    """A JPEG cut in the middle of its data has a good header; every image is decoded in full
+    while the source is built, so it fails (or is skipped) then, not mid-epoch."""
     path = kaggle_root / IMG
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    src = KaggleVOC(kaggle_root, "train.csv")  # header-only indexing accepts it...
-    bad = [i for i, r in enumerate(src.records) if r.image_path == path]
-    assert len(bad) == 1
-    with pytest.raises(DataError, match="000005.jpg"):  # ...and loading names the file
-        src[bad[0]]
+    with pytest.raises(DataError) as info:
+        KaggleVOC(kaggle_root, "train.csv")
+    assert str(info.value).startswith(f"{path}: cannot read image") and "train.csv:3" in str(info.value)
     with caplog.at_level(logging.WARNING, logger="yolov3.data"):
         skipping = KaggleVOC(kaggle_root, "train.csv", skip_bad=True)
-    assert len(skipping) == len(src) - 1
-    assert any("000005.jpg" in m for m in skipping.skipped)
+    assert [r.image_path.stem for r in skipping.records] == ["000007", "2008_000002"]
+    assert len(skipping.skipped) == 1 and "000005.jpg" in skipping.skipped[0]
     assert "000005.jpg" in caplog.text

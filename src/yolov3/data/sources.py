@@ -5,11 +5,20 @@
 * ``VOCDevkit``: the native VOCdevkit layout (``VOC2007/``, ``VOC2012/`` with XML
   annotations and ``ImageSets/Main/*.txt`` split files).
 
-Both build an index of ``Record`` s (boxes in 0-based pixels, no pixels loaded) eagerly in
-``__init__``, so that every problem with the files surfaces before training starts, and both
-yield the same ``Sample`` from ``__getitem__``. Every bad input raises ``DataError`` naming
-the file (and line / object); with ``skip_bad=True`` the offending image is left out, its
+Both build an index of ``Record`` s (boxes in 0-based pixels, no pixels kept) eagerly in
+``__init__``, decoding every image in full once (in a thread pool; Pillow releases the GIL
+while it decodes), so that every problem with the files, a JPEG cut short in its data
+included, surfaces before training starts and no run dies mid-epoch over a file. Both yield
+the same ``Sample`` from ``__getitem__``. Every bad input raises ``DataError`` naming the
+file (and line / object); with ``skip_bad=True`` the offending image is left out, its
 message kept in ``skipped`` and one warning logged: nothing is dropped silently.
+
+Boxes refer to the stored pixels: an EXIF orientation tag is not applied (as in the VOC
+devkit, darknet and the course's code); the readers list the images that carry one in
+``exif_oriented`` and one warning, since a viewer shows those images rotated or mirrored.
+
+Split files are read as bytes and decoded as UTF-8 with surrogateescape, so an image name
+that is not valid UTF-8 (file names are bytes on Linux) still names its file exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import logging
 import math
 import os
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from yolov3.constants import VOC_CLASSES
-from yolov3.data.sample import DataError, Sample, image_size, load_rgb
+from yolov3.data.sample import MAX_PIXELS, DataError, Sample, load_rgb, printable, read_image
 
 __all__ = [
     "Record",
@@ -46,21 +56,20 @@ log = logging.getLogger("yolov3.data")
 # row (``image,label``) from a data row.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
-# How many skipped-item messages the single warning quotes; the rest are in `skipped`.
+# How many skipped-item messages (or EXIF-tagged images) the single warning quotes; the rest
+# are in `skipped` (`exif_oriented`).
 _WARN_FIRST = 5
 
-# Header reads are I/O bound (one small read per file), so threads beat processes here; the
-# cap keeps the number of open files modest on network file systems.
+# Decoding runs in C with the GIL released, so threads use every core without the pickling
+# of processes; the cap keeps the number of open files modest on network file systems.
 _MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 
 
-def _probe_size(path: Path, full_decode: bool) -> tuple[int, int]:
-    """(width, height) of an image as load_rgb returns it: from the header, or, with
-    full_decode, by decoding the whole file (catches truncated data; ~3 ms a VOC image)."""
-    if full_decode:
-        h, w = load_rgb(path).shape[:2]
-        return w, h
-    return image_size(path)
+def _decode_size(path: Path, max_pixels: int) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation) of an image, found by decoding all of it, so a file
+    whose header is fine but whose data is cut short or corrupt fails now, not mid-epoch."""
+    image, orientation = read_image(path, max_pixels)
+    return image.shape[1], image.shape[0], orientation
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,10 +78,11 @@ class Record:
 
     image_path: the image file.
     boxes:      (N, 4) float32 x1, y1, x2, y2 in pixels of the image as load_rgb returns it
-                (EXIF orientation applied), 0-based, clipped to [0, width] x [0, height].
+                (the stored pixels, EXIF orientation not applied), 0-based, clipped to
+                [0, width] x [0, height].
     labels:     (N,) int64 class indices into the source's class_names.
     difficult:  (N,) bool, VOC's `difficult` flag (all False for the Kaggle layout).
-    width, height: the image size as load_rgb returns it.
+    width, height: the stored image size, as load_rgb returns it.
 
     The arrays are read-only, so a record cannot be changed through a Sample built from it.
     Two records are equal when all fields (array contents included) are equal.
@@ -119,20 +129,27 @@ class Record:
 class DetectionSource(Sequence):
     """Common base: an indexed list of Records that yields Samples.
 
-    records:     list[Record], in the order of the split file.
-    class_names: tuple[str, ...]; label i means class_names[i].
-    skipped:     list[str], one message per item left out because of skip_bad=True.
+    records:       list[Record], in the order of the split file.
+    class_names:   tuple[str, ...]; label i means class_names[i].
+    skipped:       list[str], one message per item left out because of skip_bad=True.
+    exif_oriented: list[tuple[Path, int]], the indexed images whose EXIF orientation tag
+                   (2-8) says a viewer shows them rotated or mirrored; not applied.
+    max_pixels:    images above this many pixels are refused (DataError) before decoding.
     """
+
+    max_pixels: int = MAX_PIXELS
 
     def __init__(
         self,
         records: Iterable[Record],
         class_names: Sequence[str] = VOC_CLASSES,
         skipped: Iterable[str] = (),
+        exif_oriented: Iterable[tuple[Path, int]] = (),
     ) -> None:
         self.records: list[Record] = list(records)
         self.class_names: tuple[str, ...] = tuple(class_names)
         self.skipped: list[str] = list(skipped)
+        self.exif_oriented: list[tuple[Path, int]] = list(exif_oriented)
 
     @property
     def num_classes(self) -> int:
@@ -151,7 +168,7 @@ class DetectionSource(Sequence):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         rec = self.records[i]
-        image = load_rgb(rec.image_path)
+        image = load_rgb(rec.image_path, self.max_pixels)
         h, w = image.shape[:2]
         if (w, h) != (rec.width, rec.height):
             raise DataError(
@@ -176,24 +193,28 @@ class DetectionSource(Sequence):
 
 def _build_all(
     items: Sequence[Any],
-    build: Callable[[Any], Record],
+    build: Callable[[Any], tuple[Record, int]],
     skip_bad: bool,
     what: str,
     skipped: list[str],
-) -> list[Record]:
-    """Run build(item) for every item in a thread pool, keeping the order of `items`.
+) -> tuple[list[Record], list[tuple[Path, int]]]:
+    """Run build(item) -> (Record, EXIF orientation) for every item in a thread pool, keeping
+    the order of `items`; returns the records and the (image, orientation) pairs whose
+    orientation is not 1.
 
     A DataError from an item is raised (the first one in file order) unless skip_bad, in
     which case its message goes to `skipped`. Any other exception is a bug and propagates.
     Raises DataError if nothing is left, since an empty split is never what was meant.
+    Logs one warning for all skipped items and one for all EXIF-oriented images.
     """
 
-    def attempt(item: Any) -> Record | DataError:
+    def attempt(item: Any) -> tuple[Record, int] | DataError:
         try:
             return build(item)
         except DataError as exc:
             return exc
 
+    start = time.perf_counter()
     if items:
         with ThreadPoolExecutor(max_workers=min(_MAX_WORKERS, len(items))) as pool:
             results = list(pool.map(attempt, items))
@@ -201,6 +222,7 @@ def _build_all(
         results = []
 
     records: list[Record] = []
+    oriented: list[tuple[Path, int]] = []
     new_skips: list[str] = []
     for res in results:
         if isinstance(res, DataError):
@@ -208,20 +230,32 @@ def _build_all(
                 raise res
             new_skips.append(str(res))
         else:
-            records.append(res)
+            records.append(res[0])
+            if res[1] != 1:
+                oriented.append((res[0].image_path, res[1]))
     skipped.extend(new_skips)
+    log.info("%s: decoded %d images in %.1f s", printable(what), len(results), time.perf_counter() - start)
 
     if skipped:
         first = "; ".join(skipped[:_WARN_FIRST])
         more = f" (and {len(skipped) - _WARN_FIRST} more)" if len(skipped) > _WARN_FIRST else ""
         log.warning(
             "%s: skipped %d bad item(s) of %d (skip_bad=True): %s%s",
-            what, len(skipped), len(skipped) + len(records), first, more,
+            printable(what), len(skipped), len(skipped) + len(records), first, more,
+        )
+    if oriented:
+        first = ", ".join(f"{printable(str(p))} ({o})" for p, o in oriented[:_WARN_FIRST])
+        more = f" (and {len(oriented) - _WARN_FIRST} more)" if len(oriented) > _WARN_FIRST else ""
+        log.warning(
+            "%s: %d image(s) carry an EXIF orientation tag, which is not applied: their boxes and "
+            "training use the stored pixels, as the VOC devkit and darknet do, while a viewer shows "
+            "them rotated or mirrored: %s%s",
+            printable(what), len(oriented), first, more,
         )
     if not records:
         reason = f"all {len(skipped)} item(s) were bad and skipped" if skipped else "it lists no images"
         raise DataError(f"{what}: the split is empty: {reason}")
-    return records
+    return records, oriented
 
 
 def _check_and_clip(
@@ -248,14 +282,24 @@ def _check_and_clip(
 
 
 def _read_text(path: Path, what: str) -> str:
-    """Read a small text file; DataError naming it if missing or undecodable."""
+    """Read a small text file as UTF-8; DataError naming it if missing or unreadable.
+
+    Bytes that are not UTF-8 become lone surrogates (surrogateescape) instead of refusing the
+    file: in a split file they are part of a file name, and Path() turns them back into the
+    same bytes; in a label file they make a field that is not a number, an error with its line.
+    """
     try:
-        # utf-8-sig: a BOM written by a spreadsheet program must not glue itself to field 1.
-        return path.read_text(encoding="utf-8-sig")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except PermissionError:
+        raise DataError(f"{path}: cannot read {what} (permission denied)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: {what} is a folder, not a file") from None
+    except OSError as exc:
         raise DataError(f"{path}: cannot read {what} ({exc})") from None
+    # A BOM written by a spreadsheet program must not glue itself to field 1.
+    return raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape")
 
 
 def _records_arrays(
@@ -273,6 +317,15 @@ def _records_arrays(
 
 def _looks_like_image_name(field: str) -> bool:
     return Path(field.strip()).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _looks_like_header(fields: list[str]) -> bool:
+    """A first CSV row that names no file: neither an image name in field 1 nor a .txt label
+    in field 2 (`image,label` and the like). A first row such as `000005,000005.txt` is data
+    (its image is then reported missing), never dropped as a header."""
+    if _looks_like_image_name(fields[0]):
+        return False
+    return not (len(fields) > 1 and Path(fields[1]).suffix.lower() == ".txt")
 
 
 class KaggleVOC(DetectionSource):
@@ -301,18 +354,17 @@ class KaggleVOC(DetectionSource):
         class_names: Sequence[str] = VOC_CLASSES,
         skip_bad: bool = False,
         box_tolerance: float = 1.0,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         self.root = Path(root)
         self.class_names = tuple(class_names)
         self.box_tolerance = float(box_tolerance)
-        # With skip_bad every image is decoded once while indexing, so a file whose header
-        # is fine but whose data is cut short is skipped now rather than failing mid-epoch.
-        self._full_decode = skip_bad
+        self.max_pixels = int(max_pixels)
         self.csv_path = self._resolve_csv(split)
         skipped: list[str] = []
         rows = self._read_csv(skip_bad, skipped)
-        records = _build_all(rows, self._build, skip_bad, str(self.csv_path), skipped)
-        super().__init__(records, class_names, skipped)
+        records, oriented = _build_all(rows, self._build, skip_bad, str(self.csv_path), skipped)
+        super().__init__(records, class_names, skipped, oriented)
 
     def _resolve_csv(self, split: str) -> Path:
         path = Path(split)
@@ -328,9 +380,15 @@ class KaggleVOC(DetectionSource):
         return path
 
     def _read_csv(self, skip_bad: bool, skipped: list[str]) -> list[tuple[int, str, str]]:
-        """Rows (line number, image name, label name) in file order, header and blanks dropped."""
+        """Rows (line number, image name, label name) in file order, header and blanks dropped.
+
+        A row of other than 2 fields, or one that lists an image an earlier row listed, is a
+        DataError naming the line (with skip_bad: skipped; of a repeated image the first row
+        is kept), since training on an image twice per epoch is never what a split means.
+        """
         text = _read_text(self.csv_path, "split CSV file")
         rows: list[tuple[int, str, str]] = []
+        first_seen: dict[str, int] = {}
         first = True
         # Line numbers are counted on physical lines; this CSV never has quoted newlines.
         for lineno, line in enumerate(text.splitlines(), start=1):
@@ -339,9 +397,8 @@ class KaggleVOC(DetectionSource):
             fields = [f.strip() for f in next(csv.reader([line]))]
             if first:
                 first = False
-                # The CSVs come with and without an `image,label` header; a first row that does
-                # not name an image file is that header.
-                if not _looks_like_image_name(fields[0]):
+                # The CSVs come with and without an `image,label` header.
+                if _looks_like_header(fields):
                     continue
             if len(fields) != 2:
                 msg = (
@@ -352,10 +409,21 @@ class KaggleVOC(DetectionSource):
                     raise DataError(msg)
                 skipped.append(msg)
                 continue
+            key = os.path.normpath(fields[0]) if fields[0] else ""
+            if key and key in first_seen:
+                msg = (
+                    f"{self.csv_path}:{lineno}: image {fields[0]!r} is listed twice, at lines "
+                    f"{first_seen[key]} and {lineno} (each epoch would train on it twice)"
+                )
+                if not skip_bad:
+                    raise DataError(msg)
+                skipped.append(msg)
+                continue
+            first_seen.setdefault(key, lineno)
             rows.append((lineno, fields[0], fields[1]))
         return rows
 
-    def _build(self, row: tuple[int, str, str]) -> Record:
+    def _build(self, row: tuple[int, str, str]) -> tuple[Record, int]:
         lineno, image_name, label_name = row
         listed = f"(listed at {self.csv_path}:{lineno})"
         image_path = self.root / "images" / image_name
@@ -365,14 +433,14 @@ class KaggleVOC(DetectionSource):
         if not label_name:
             raise DataError(f"{self.csv_path}:{lineno}: empty label field")
         try:
-            width, height = _probe_size(image_path, self._full_decode)
+            width, height, orientation = _decode_size(image_path, self.max_pixels)
         except DataError as exc:
             raise DataError(f"{exc} {listed}") from None
-        if not label_path.is_file():
+        if not label_path.exists():
             raise DataError(f"{label_path}: label file not found {listed}")
         boxes, labels = self._parse_labels(label_path, width, height)
         b, l, d = _records_arrays(boxes, labels, [False] * len(labels))
-        return Record(image_path, b, l, d, width, height)
+        return Record(image_path, b, l, d, width, height), orientation
 
     def _parse_labels(
         self, path: Path, width: int, height: int
@@ -484,16 +552,19 @@ class VOCDevkit(DetectionSource):
         class_names: Sequence[str] = VOC_CLASSES,
         skip_bad: bool = False,
         box_tolerance: float = 1.0,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.class_names = tuple(class_names)
         self._class_index = {n: i for i, n in enumerate(self.class_names)}
         self.box_tolerance = float(box_tolerance)
-        # With skip_bad every image is decoded once while indexing, so a file whose header
-        # is fine but whose data is cut short is skipped now rather than failing mid-epoch.
-        self._full_decode = skip_bad
+        self.max_pixels = int(max_pixels)
         items: list[tuple[Path, str, Path, int]] = []
+        # (year folder, id) -> where it was first listed: an id listed twice (in one ImageSets
+        # file, or in two parts of the spec such as 2007-train+2007-trainval) is an error.
+        first_seen: dict[tuple[Path, str], tuple[Path, int]] = {}
+        skipped: list[str] = []
         # All ImageSets files are read before any image, so a split-level mistake (a typo in
         # the spec, a missing year) fails at once instead of after minutes of header reads.
         for year, image_set in parse_split_spec(split):
@@ -508,23 +579,34 @@ class VOCDevkit(DetectionSource):
             ids = [(n, line.split()[0]) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
             if not ids:
                 raise DataError(f"{list_path}: ImageSets file lists no images (empty split)")
-            items.extend((year_dir, image_id, list_path, n) for n, image_id in ids)
-        skipped: list[str] = []
-        records = _build_all(items, self._build, skip_bad, f"{self.root} split {split!r}", skipped)
-        super().__init__(records, class_names, skipped)
+            for n, image_id in ids:
+                seen = first_seen.get((year_dir, image_id))
+                if seen is not None:
+                    msg = (
+                        f"{list_path}:{n}: image id {image_id!r} is listed twice, at {seen[0]}:{seen[1]} "
+                        f"and {list_path}:{n} (each epoch would train on it twice)"
+                    )
+                    if not skip_bad:
+                        raise DataError(msg)
+                    skipped.append(msg)
+                    continue
+                first_seen[(year_dir, image_id)] = (list_path, n)
+                items.append((year_dir, image_id, list_path, n))
+        records, oriented = _build_all(items, self._build, skip_bad, f"{self.root} split {split!r}", skipped)
+        super().__init__(records, class_names, skipped, oriented)
 
-    def _build(self, item: tuple[Path, str, Path, int]) -> Record:
+    def _build(self, item: tuple[Path, str, Path, int]) -> tuple[Record, int]:
         year_dir, image_id, list_path, lineno = item
         listed = f"(listed at {list_path}:{lineno})"
         image_path = year_dir / "JPEGImages" / f"{image_id}.jpg"
         xml_path = year_dir / "Annotations" / f"{image_id}.xml"
         try:
-            width, height = _probe_size(image_path, self._full_decode)
+            width, height, orientation = _decode_size(image_path, self.max_pixels)
         except DataError as exc:
             raise DataError(f"{exc} {listed}") from None
         boxes, labels, difficult = self._parse_xml(xml_path, width, height, listed)
         b, l, d = _records_arrays(boxes, labels, difficult)
-        return Record(image_path, b, l, d, width, height)
+        return Record(image_path, b, l, d, width, height), orientation
 
     def _parse_xml(
         self, path: Path, width: int, height: int, listed: str
@@ -629,6 +711,7 @@ def open_source(
     layout: str = "auto",
     class_names: Sequence[str] = VOC_CLASSES,
     skip_bad: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> DetectionSource:
     """Open root with the reader for its layout ('auto', 'kaggle' or 'voc').
 
@@ -643,7 +726,7 @@ def open_source(
         else:
             layout = detect_layout(root)
     if layout == "kaggle":
-        return KaggleVOC(root, split, class_names=class_names, skip_bad=skip_bad)
+        return KaggleVOC(root, split, class_names=class_names, skip_bad=skip_bad, max_pixels=max_pixels)
     if layout == "voc":
-        return VOCDevkit(root, split, class_names=class_names, skip_bad=skip_bad)
+        return VOCDevkit(root, split, class_names=class_names, skip_bad=skip_bad, max_pixels=max_pixels)
     raise ValueError(f"layout must be 'auto', 'kaggle' or 'voc', got {layout!r}")
