@@ -28,7 +28,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from yolov3.constants import VOC_CLASSES
 from yolov3.data.sample import MAX_PIXELS, DataError, image_size, load_rgb, printable, read_image
 from yolov3.data.sources import KaggleVOC, VOCDevkit
 

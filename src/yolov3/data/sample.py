@@ -205,8 +205,3 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
             return im.size[0], im.size[1], _orientation(im)
     except _READ_ERRORS as exc:
         raise _cannot_read(path, exc) from None
-
-
-def too_large(path: str | Path, width: int, height: int, max_pixels: int) -> DataError:
-    """The DataError for an image over max_pixels (for callers that check the header first)."""
-    return _too_large(Path(path), width, height, max_pixels)
