@@ -26,7 +26,7 @@ def test_fit_a_few_steps(config, synth_root, tmp_path, monkeypatch, caplog):
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
         "--trainer.check_val_every_n_epoch", "1",
     ])
-    ckpts = list(tmp_path.glob("runs/*/checkpoints/last.ckpt"))
+    ckpts = list(tmp_path.glob("runs/**/checkpoints/last.ckpt"))  # voc: runs/voc/version_0/...
     assert len(ckpts) == 1
     metrics = (ckpts[0].parent.parent / "metrics.csv").read_text()
     assert "train/loss" in metrics and "val/class_acc" in metrics

@@ -1,6 +1,7 @@
 import numpy as np
 import torch
 
+from yolov3.data.augment import AugmentConfig
 from yolov3.data.datamodule import EvalBatchSampler, TrainBatchSampler, YoloDataModule, collate
 
 
@@ -28,14 +29,14 @@ def test_train_sampler_is_seeded_and_shards_are_disjoint():
     a = list(TrainBatchSampler(50, 4, [320, 416], seed=1))
     b = list(TrainBatchSampler(50, 4, [320, 416], seed=1))
     assert a == b and len(a) == 12
-    assert all(len(batch) == 4 and len({s for _, s, _ in batch}) == 1 for batch in a)
+    assert all(len(batch) == 4 and len({s for _, s, _, _ in batch}) == 1 for batch in a)
     s = TrainBatchSampler(50, 4, [320, 416], seed=1)
     first, second = list(s), list(s)  # each pass is the next epoch
     assert first == a and second != a
     s.set_epoch(1)
     assert list(s) == second
     shards = [list(TrainBatchSampler(50, 4, [320], seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
-    idx = [[i for batch in sh for i, _, _ in batch] for sh in shards]
+    idx = [[i for batch in sh for i, _, _, _ in batch] for sh in shards]
     assert len(shards[0]) == len(shards[1])
     assert not set(idx[0]) & set(idx[1])
 
@@ -98,3 +99,26 @@ def test_fit_sees_a_new_order_every_epoch(synth_root):
     trainer.fit(YoloLitModule(width=0.0625), datamodule=dm)
     assert len(seen) == 3 and all(len(e) == 16 for e in seen)
     assert seen[0] != seen[1] and seen[1] != seen[2]
+
+
+def test_train_sampler_resumes_at_a_position():
+    full = TrainBatchSampler(50, 4, [320, 416], seed=1)
+    epochs = [list(full) for _ in range(3)]
+    calls = iter([(1, 5), None, None])
+    resumed = TrainBatchSampler(50, 4, [320, 416], seed=1, position=lambda: next(calls))
+    assert list(resumed) == epochs[1][5:]  # the rest of epoch 1, same indices, sizes and seeds
+    assert list(resumed) == epochs[2]  # then the next epoch, whole
+    at_end = TrainBatchSampler(50, 4, [320, 416], seed=1, position=lambda: (0, 12))
+    assert list(at_end) == epochs[1]  # a checkpoint that closed epoch 0 resumes with epoch 1
+
+
+def test_augmentation_does_not_depend_on_the_number_of_workers(synth_root):
+    batches = {}
+    for workers in (0, 2):
+        dm = YoloDataModule(root=str(synth_root), image_size=64, train_sizes=[64, 96], batch_size=3,
+                            num_workers=workers, val_fraction=0.25, seed=4, augment=AugmentConfig(mosaic_prob=0.75))
+        dm.setup("fit")
+        batches[workers] = list(dm.train_dataloader())
+    assert len(batches[0]) == len(batches[2]) == 6
+    for a, b in zip(batches[0], batches[2]):
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["targets"], b["targets"])

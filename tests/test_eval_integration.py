@@ -204,7 +204,7 @@ def test_detect_bad_inputs_get_clear_messages(synth_root, tiny_checkpoint, tmp_p
         ([str(tmp_path / "*.png")], str(tiny_checkpoint), "no images"),
         ([str(bad)], str(tiny_checkpoint), "cut.jpg: cannot read image"),
         ([str(good)], str(tmp_path / "none.ckpt"), "none.ckpt: weights file not found"),
-        ([str(good)], str(text), "notes.txt: not a loadable checkpoint"),
+        ([str(good)], str(text), "notes.txt: not a readable checkpoint"),
     ]
     for sources, weights, message in cases:
         with pytest.raises(SystemExit) as exc:
@@ -239,11 +239,11 @@ def test_yolov3_test_prints_the_table_and_writes_the_report(synth_root, tmp_path
     printed = capsys.readouterr().out
     for row in ("class accuracy", "VOC07 mAP@0.5", "VOC2010+ mAP@0.5", "COCO mAP@[.5:.95]", "Per-class AP", "aeroplane"):
         assert row in printed, row
-    report = json.loads((tmp_path / "runs" / "demo" / "test" / "results.json").read_text())
+    report = json.loads((tmp_path / "runs" / "demo" / "test" / "version_0" / "results.json").read_text())
     assert report["images"] == 8 and len(report["per_class"]) == 20
     assert {"class_acc", "map_07", "map_2010", "coco_map"} <= set(report["summary"])
     for png in ("pr_curves.png", "ap_per_class.png"):
-        with Image.open(tmp_path / "runs" / "demo" / "test" / png) as im:
+        with Image.open(tmp_path / "runs" / "demo" / "test" / "version_0" / png) as im:
             assert im.size[0] > 300
 
 

@@ -76,7 +76,7 @@ def test_batch_sampler_sizes_agree_across_processes_and_vary():
     sizes = [[b[0][1] for b in batches] for batches in per_rank]
     assert sizes[0] == sizes[1]  # every process makes step k at the same size (DDP steps stay in step)
     assert set(sizes[0]) == set(SIZES)  # 50 batches over 10 sizes: all of them are drawn
-    assert all(len({s for _, s, _ in b}) == 1 for batches in per_rank for b in batches)
+    assert all(len({s for _, s, _, _ in b}) == 1 for batches in per_rank for b in batches)
 
 
 def test_two_workers_vary_the_size_within_one_epoch(synth_root):
@@ -128,9 +128,9 @@ def test_evaluation_stays_at_the_fixed_size(synth_root):
 
 def test_mosaic_can_be_closed_for_the_last_epochs():
     sampler = TrainBatchSampler(20, 4, [64], seed=0, mosaic_epochs=2)
-    flags = [{m for batch in sampler for _, _, m in batch} for _ in range(4)]  # each pass is one epoch
+    flags = [{m for batch in sampler for _, _, m, _ in batch} for _ in range(4)]  # each pass is one epoch
     assert flags == [{True}, {True}, {False}, {False}]
-    assert {m for batch in TrainBatchSampler(20, 4, [64]) for _, _, m in batch} == {True}
+    assert {m for batch in TrainBatchSampler(20, 4, [64]) for _, _, m, _ in batch} == {True}
 
 
 def test_closed_mosaic_reaches_the_dataset(synth_root, monkeypatch):

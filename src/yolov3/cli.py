@@ -33,6 +33,39 @@ class YoloCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the model's hyper-parameters from --ckpt_path before anything
+        else; check the file our way first, so a refusal names it without torch's advice to
+        load it with weights_only=False."""
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            from yolov3.checkpoint_io import load_checkpoint
+
+            load_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def instantiate_trainer(self, **kwargs):
+        """Every trainer writes checkpoints atomically and reads them without running code
+        (yolov3.checkpoint_io), `--ckpt_path` of fit, validate and test included."""
+        from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+
+        from yolov3.checkpoint_io import SafeCheckpointIO
+
+        configured = self._get(self.config_init, "trainer", default={}).get("plugins")
+        plugins = list(configured) if isinstance(configured, (list, tuple)) else [configured] if configured else []
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(SafeCheckpointIO())
+        return super().instantiate_trainer(plugins=plugins, **kwargs)
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if trainer.global_rank != 0 or trainer.checkpoint_callback is None:
+            return
+        best = trainer.checkpoint_callback.best_model_path
+        print(f"run folder {trainer.log_dir}" + (f"; best checkpoint {best}" if best else ""))
+        if best:
+            print(f"test it with: yolov3 test --config <this config> --ckpt_path {best}")
+
     def after_test(self) -> None:
         """`yolov3 test`: print the table and per-class AP; write results.json and the plots."""
         model, trainer = self.model, self.trainer
@@ -43,13 +76,19 @@ class YoloCLI(LightningCLI):
         names = self.datamodule.class_names
         report = summarise(trainer.callback_metrics, model.test_results, names)
         print_report(report)
-        out = Path(trainer.log_dir or trainer.default_root_dir) / "test"
+        out = Path(trainer.log_dir or trainer.default_root_dir)  # <run>/test/version_<k> (run_dirs)
         paths = write_report(report, model.test_results, names, out)
         print("wrote " + ", ".join(str(p) for p in paths))
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         config.trainer.precision = resolve_precision(config.trainer.precision, config.trainer.accelerator)
+        if self.subcommand:
+            from yolov3.run_dirs import place_run
+
+            config_name = place_run(config, self.subcommand)
+            if config_name:
+                self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": config_name}
 
 
 def resolve_precision(precision, accelerator) -> str | int | None:
@@ -284,6 +323,15 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
                     "detect": _detect, "export": _export, "cam": _cam, "app": _app}
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from yolov3.checkpoint_io import CheckpointError
+    from yolov3.data.sample import DataError
+    from yolov3.nonfinite import TrainingDiverged
+
+    return DataError, CheckpointError, TrainingDiverged
+
+
+_USER_ERRORS = _user_errors()
 OWN_COMMANDS = ("summary", "synth", "demo", "show-batch", "detect", "export", "cam", "app")
 PASSES_OVERRIDES = ("demo", "show-batch")
 
@@ -294,16 +342,27 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Lightning 2.6 trips over its own torch.utils._pytree deprecation; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*treespec.*deprecated")
+    # Our training sampler resumes mid-epoch by itself (the DataModule's state in the checkpoint).
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+    # validate / test log to their own folder, so a checkpoint's ModelCheckpoint state "moves": harmless there.
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     if argv and argv[0] in OWN_COMMANDS:
         parser, handlers = _own_parser()
         args, extra = parser.parse_known_args(argv)
         if extra and args.command not in PASSES_OVERRIDES:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra
-        handlers[args.command](args)
+        try:
+            handlers[args.command](args)
+        except _USER_ERRORS as exc:
+            raise SystemExit(f"yolov3 {args.command}: {exc}") from None
         return
     # LightningCLI reads sys.argv itself when run from the command line.
-    YoloCLI(args=None if from_command_line else argv)
+    try:
+        YoloCLI(args=None if from_command_line else argv)
+    except _USER_ERRORS as exc:
+        # a bad file of the user's is one line naming it, not a traceback of our internals
+        raise SystemExit(f"yolov3 {argv[0] if argv else ''}: {exc}".replace(":  ", ": ")) from None
 
 
 if __name__ == "__main__":

@@ -92,11 +92,10 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> Detector:
         """Load a Lightning checkpoint safely (torch.load(weights_only=True): no code runs)."""
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors, truncated files, foreign formats
-            raise ValueError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        from yolov3.checkpoint_io import load_checkpoint
+
+        ckpt = load_checkpoint(path)  # FileNotFoundError, CheckpointError (a ValueError)
+        if "state_dict" not in ckpt:
             raise ValueError(f"{path}: not a Lightning checkpoint of this project (no state_dict)")
         hp = ckpt.get("hyper_parameters", {})
         model = YOLOv3(num_classes=hp.get("num_classes", 20), width=hp.get("width", 1.0))

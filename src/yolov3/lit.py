@@ -14,6 +14,7 @@ from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS
 from yolov3.loss import LOSS_TERMS, LossWeights, YoloLoss
 from yolov3.metrics import CourseAccuracy, DetectionMAP
 from yolov3.model import YOLOv3
+from yolov3.nonfinite import NonFiniteGuard
 from yolov3.targets import build_targets
 
 class YoloLitModule(L.LightningModule):
@@ -41,6 +42,12 @@ class YoloLitModule(L.LightningModule):
         objectness_loss: "mse_iou" (the course's) or "bce_iou"; see yolov3.loss.YoloLoss.
         objectness_prior: if set, every head starts with sigmoid(objectness) = this (e.g.
             0.01) instead of about 0.5; None keeps PyTorch's default initialisation.
+        max_nonfinite_steps: a training step whose loss or gradients are not finite changes
+            no weight, no BatchNorm statistic and no optimiser state (it still counts in the
+            learning-rate schedule); it is logged with its images and counted in
+            train/nonfinite_steps. This many such steps in a row stop training with
+            TrainingDiverged. Under fp16 mixed precision, non-finite gradients with a finite
+            loss are the GradScaler's overflow skips and are left to it (not counted).
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class YoloLitModule(L.LightningModule):
         score_mode: str = "obj_cls",
         objectness_loss: str = "mse_iou",
         objectness_prior: float | None = None,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -88,6 +96,9 @@ class YoloLitModule(L.LightningModule):
         self.val_map = DetectionMAP(num_classes)
         self.test_map = DetectionMAP(num_classes, coco=True)
         self.test_results: dict | None = None  # the last test's full results (per-class AP, PR curves)
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        self._guard = NonFiniteGuard(self.model, max_nonfinite_steps)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images: (B, 3, S, S) uint8 or float in [0, 1] -> three (B, 3, s, s, 5+C) heads."""
@@ -104,14 +115,32 @@ class YoloLitModule(L.LightningModule):
         total, parts = self.loss_fn(outputs, targets, self.anchors)
         return outputs, targets, total, parts
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._guard.before_forward()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs, targets, total, parts = self._step(batch)
+        if not self._guard.check_loss(total, batch["paths"], self.global_step):
+            return total  # backward still runs (every DDP process must join it); the step is dropped
         bs = outputs[0].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for k in LOSS_TERMS:
             self.log(f"train/loss_{k}", parts[k], batch_size=bs)
         self.train_acc.update([o.detach() for o in outputs], targets)
         return total
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        dropped = self._guard.before_step(self.trainer.strategy, check_grads=scaler is None)
+        if dropped:
+            self.log("train/nonfinite_steps", float(self._guard.total), reduce_fx="max")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A fit resumed in its own run folder keeps the metrics history up to the checkpoint."""
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            for logger in self.trainer.loggers:
+                if hasattr(logger, "resume_at"):
+                    logger.resume_at(int(checkpoint.get("global_step", 0)))
 
     def on_train_epoch_end(self) -> None:
         self._log_acc("train", self.train_acc)
@@ -195,11 +224,16 @@ class YoloLitModule(L.LightningModule):
         h = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=h.max_lr / h.div_factor, weight_decay=h.weight_decay)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        pct_start = h.pct_start
+        if pct_start * total_steps == 1.0:
+            # OneCycleLR divides by (pct_start * total_steps - 1): zero for e.g. 0.125 x 8 steps
+            pct_start *= 1.0 + 1e-6
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=h.max_lr,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-            pct_start=h.pct_start,
+            total_steps=total_steps,
+            pct_start=pct_start,
             div_factor=h.div_factor,
             final_div_factor=h.final_div_factor,
             three_phase=h.three_phase,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -52,9 +52,13 @@ class DetectionDataset(Dataset):
             self._cache[index] = self.source[index]
         return self._cache[index]
 
-    def __getitem__(self, item: tuple[int, int] | tuple[int, int, bool]) -> dict:
+    def __getitem__(self, item: tuple[int, int] | tuple[int, int, bool] | tuple[int, int, bool, int]) -> dict:
         index, size = item[0], item[1]
         allow_mosaic = item[2] if len(item) > 2 else True
+        if len(item) > 3 and self.train:
+            # the sampler's per-sample seed: the augmentation depends on the sample's place in
+            # the run only, not on which worker makes it, so a resumed run replays it exactly
+            self.transform.set_seed(item[3])
         sample = self._sample(index)
         h, w = sample.image.shape[:2]
         out: dict = {"index": index, "path": sample.path, "orig_size": (w, h)}
@@ -112,28 +116,34 @@ def collate(items: list[dict]) -> dict:
     }
 
 
-class TrainBatchSampler(Sampler[list[tuple[int, int, bool]]]):
+class TrainBatchSampler(Sampler[list[tuple[int, int, bool, int]]]):
     """Shuffled batches for one process, with the image size each batch is made at.
 
-    Yields lists of (index, size, mosaic allowed); mosaic is allowed in epochs before
-    `mosaic_epochs` (None: always), so the last epochs can train on whole images only.
+    Yields lists of (index, size, mosaic allowed, augmentation seed); mosaic is allowed in
+    epochs before `mosaic_epochs` (None: always), so the last epochs can train on whole
+    images only. The seed of each sample comes from (seed, rank, epoch, batch, position), so
+    the data of step k is the same whatever the number of workers, and after a resume.
 
     The permutation is drawn from (seed, epoch), split across `num_replicas` processes
     (each gets an equal number of whole batches), and every batch gets one size from
     `sizes` drawn from the same seeded generator, so all workers and all processes agree.
     Each pass over the sampler advances the epoch by one: Lightning calls set_epoch only on
     a loader's sampler, never on its batch sampler, so without this every epoch would
-    replay the same order. set_epoch pins the epoch (the DataModule does, on resume).
+    replay the same order. set_epoch pins the epoch. `position`, when given, is asked at the
+    start of each pass and may answer (epoch, batches already done in it): the DataModule
+    answers once after loading a checkpoint, so a resumed run continues at the next batch.
     """
 
     def __init__(self, num_samples: int, batch_size: int, sizes: Sequence[int], seed: int = 0,
                  num_replicas: int = 1, rank: int = 0, drop_last: bool = True,
-                 mosaic_epochs: int | None = None) -> None:
+                 mosaic_epochs: int | None = None,
+                 position: Callable[[], tuple[int, int] | None] | None = None) -> None:
         if num_samples < 1:
             raise ValueError("the training split is empty")
         self.num_samples, self.batch_size, self.sizes = num_samples, batch_size, list(sizes)
         self.seed, self.num_replicas, self.rank, self.drop_last = seed, num_replicas, rank, drop_last
         self.mosaic_epochs = mosaic_epochs
+        self.position = position
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -148,9 +158,16 @@ class TrainBatchSampler(Sampler[list[tuple[int, int, bool]]]):
     def __len__(self) -> int:
         return self._batches_per_replica()
 
-    def __iter__(self) -> Iterator[list[tuple[int, int, bool]]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        mosaic = self.mosaic_epochs is None or self.epoch < self.mosaic_epochs
+    def __iter__(self) -> Iterator[list[tuple[int, int, bool, int]]]:
+        done = 0
+        where = self.position() if self.position is not None else None
+        if where is not None:
+            self.epoch, done = where
+            if done >= len(self):  # the checkpoint closed its epoch: start the next one
+                self.epoch, done = self.epoch + 1, 0
+        epoch = self.epoch
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        mosaic = self.mosaic_epochs is None or epoch < self.mosaic_epochs
         self.epoch += 1
         perm = torch.randperm(self.num_samples, generator=g)
         n_batches = self._batches_per_replica()
@@ -159,9 +176,12 @@ class TrainBatchSampler(Sampler[list[tuple[int, int, bool]]]):
             perm = perm.repeat(math.ceil(needed / self.num_samples))
         perm = perm[:needed].view(self.num_replicas, n_batches, self.batch_size)[self.rank]
         size_idx = torch.randint(len(self.sizes), (n_batches,), generator=g)
-        for batch, si in zip(perm.tolist(), size_idx.tolist()):
+        for b, (batch, si) in enumerate(zip(perm.tolist(), size_idx.tolist())):
+            if b < done:  # already trained on before the checkpoint this run resumed from
+                continue
             size = self.sizes[si]
-            yield [(i, size, mosaic) for i in batch]
+            seeds = np.random.SeedSequence([self.seed, self.rank, epoch, b]).generate_state(len(batch)).tolist()
+            yield [(i, size, mosaic, s) for i, s in zip(batch, seeds)]
 
 
 class EvalBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -263,6 +283,7 @@ class YoloDataModule(L.LightningDataModule):
         self.train_set: DetectionDataset | None = None
         self.val_set: DetectionDataset | None = None
         self.test_set: DetectionDataset | None = None
+        self._resume_at: tuple[int, int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -308,12 +329,31 @@ class YoloDataModule(L.LightningDataModule):
         if self.trainer is not None and self.augment.close_mosaic_epochs > 0:
             mosaic_epochs = max(0, (self.trainer.max_epochs or 0) - self.augment.close_mosaic_epochs)
         sampler = TrainBatchSampler(len(self.train_set), self.batch_size, self.train_sizes, self.seed, world, rank,
-                                    mosaic_epochs=mosaic_epochs)
-        if self.trainer is not None:  # a resumed run continues the epoch sequence
-            sampler.set_epoch(self.trainer.current_epoch)
+                                    mosaic_epochs=mosaic_epochs, position=self._train_position)
         seed = stream_seed(self.seed, rank)
         self.train_set.transform.set_seed(seed)  # used as is when num_workers is 0
         return self._loader(self.train_set, sampler, seed)
+
+    def _train_position(self) -> tuple[int, int] | None:
+        """The (epoch, batches done) a resumed fit continues from, once; else None."""
+        where, self._resume_at = self._resume_at, None
+        return where
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: where training is in the epoch's sequence of batches.
+        A checkpoint written after training step i of epoch e (0-based within the epoch)
+        records (e, i + 1); one written at the end of an epoch records (e, all its batches)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return {"train_epoch": int(trainer.current_epoch), "train_batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Lightning restores this before it first iterates the training loader (which it does
+        # while configuring the optimiser, before the loops' own state is back).
+        if "train_epoch" in state:
+            self._resume_at = (int(state["train_epoch"]), int(state["train_batches_done"]))
 
     def _eval_loader(self, dataset: DetectionDataset) -> DataLoader:
         world, rank = self._world()
