@@ -589,3 +589,36 @@ def test_detect_non_utf8_name_exif_note_and_skip_bad(tmp_path, tiny_checkpoint) 
     assert {base64.b64decode(r["file_name_b64"]) for r in odd_rows} == {os.fsencode(odd)}
     assert all("file_name_b64" not in r for r in rows if r["file_name"].endswith("rotated.jpg"))
     assert os.path.exists(os.fsencode(tmp_path / "out") + b"/" + LATIN1 + b".jpg")  # the picture, exact name
+
+
+@pytest.mark.parametrize("command", ["fit", "show-batch"])
+def test_commands_print_a_data_error_as_one_line(command, synth_root, tmp_path, monkeypatch) -> None:
+    """A truncated image stops fit / show-batch before training with one line naming it."""
+    import shutil
+    import sys
+
+    from yolov3.cli import main
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    victim = sorted((root / "images").glob("train_*.jpg"))[3]
+    victim.write_bytes(victim.read_bytes()[:300])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    config = str(Path(__file__).parent.parent / "configs" / "demo.yaml")
+    extra = ["--out", str(tmp_path / "b.png")] if command == "show-batch" else ["--trainer.max_epochs", "1"]
+    with pytest.raises(SystemExit) as info:
+        main([command, "--config", config, "--data.root", str(root), "--data.val_fraction", "0.25", *extra])
+    message = str(info.value.code)
+    assert message.startswith(f"yolov3 {command}: ") and victim.name in message and "\n" not in message, message
+
+
+def test_detect_cli_takes_max_pixels(tmp_path) -> None:
+    from yolov3.cli import main
+
+    big = _file(tmp_path, "big.png", png_header(8000, 6000))
+    with pytest.raises(SystemExit, match="more than detect's limit of 40.0 MP"):
+        main(["detect", str(big), "--weights", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="big.png: cannot read image"):  # past the limit: the data is what fails
+        main(["detect", str(big), "--weights", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "o"),
+              "--max-pixels", "48000000"])

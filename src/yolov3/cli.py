@@ -139,13 +139,16 @@ def _detect(args: argparse.Namespace) -> None:
     try:
         summary = run_detect(args.sources, args.weights, args.out, conf=args.conf, iou=args.iou, size=args.size,
                              device=args.device, batch_size=args.batch, max_detections=args.max_det,
-                             skip_bad=args.skip_bad, draw=not args.no_draw)
+                             skip_bad=args.skip_bad, draw=not args.no_draw,
+                             **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
     except (FileNotFoundError, DataError, ValueError) as exc:
         raise SystemExit(f"yolov3 detect: {exc}") from None
     print(f"{summary['detections']} detections in {summary['images']} images -> {summary['out']}/detections.json"
           f"{'' if args.no_draw else ' and annotated images'}")
     for line in summary["skipped"]:
         print(f"skipped {line}")
+    for line in summary.get("notes", []):
+        print(f"note: {line}")
 
 
 def _cam(args: argparse.Namespace) -> None:
@@ -291,6 +294,8 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
                    help="detections per image at most (default: the evaluation's, else 100)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed) instead of stopping")
     p.add_argument("--no-draw", action="store_true", help="write only detections.json")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images with more pixels than this (default 40,000,000, as the app)")
 
     p = sub.add_parser("cam", help="Grad-CAM / Grad-CAM++ per detection and EigenCAM per image",
                        description="One overlay per detection (its own map, its box drawn), one EigenCAM "
