@@ -185,7 +185,7 @@ def test_yolov3_app_bad_start_up_gets_clear_messages(tmp_path, monkeypatch, bad_
     with pytest.raises(SystemExit, match=r"no --weights given and no demo checkpoint at runs/demo/checkpoints/"
                                          r"best.ckpt\. Run `make demo` first"):
         main(["app"])
-    with pytest.raises(SystemExit, match="notes.txt: not a loadable checkpoint"):
+    with pytest.raises(SystemExit, match="notes.txt: not a readable checkpoint"):
         main(["app", "--weights", str(bad_uploads / "notes.txt")])
     with pytest.raises(SystemExit, match="missing.ckpt: weights file not found"):
         main(["app", "--weights", str(tmp_path / "missing.ckpt")])
