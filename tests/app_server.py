@@ -34,6 +34,15 @@ def app_server(weights: str | Path, args: Sequence[str] = (), timeout: float = 1
 
     Raises RuntimeError with the server's output if it exits or does not answer in time.
     """
+    with app_server_process(weights, args, timeout, log) as (url, _):
+        yield url
+
+
+@contextmanager
+def app_server_process(weights: str | Path, args: Sequence[str] = (), timeout: float = 120.0,
+                       log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """app_server, yielding (URL, the server's process) for those that watch the process
+    (its memory, in bench/app_load.py)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "yolov3", "app", "--weights", str(weights), "--port", str(port), *args]
@@ -54,7 +63,7 @@ def app_server(weights: str | Path, args: Sequence[str] = (), timeout: float = 1
             if time.monotonic() > deadline:
                 raise RuntimeError(f"`{' '.join(cmd)}` did not answer in {timeout:.0f} s: {_read(log)}")
             time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
