@@ -4,6 +4,7 @@ through gradio_client, and the page in Debian's Chromium driven by Playwright.""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_api_gives_what_yolov3_detect_gives(client, trained_weights, image_path,
 
 def test_api_explains_a_detection(client, image_path):
     _, _, cam, records, status, which = _detect(client, image_path, cam="Grad-CAM (one detection)", which=1)
-    assert len(records) > 1 and which["value"] == 1 and "Grad-CAM" in status
+    assert len(records) > 1 and which == 1 and "Grad-CAM" in status
     with Image.open(cam) as im, Image.open(image_path) as src:
         assert im.size == src.size
 
@@ -86,6 +87,137 @@ def test_api_refuses_bad_uploads_with_a_message(client, bad_uploads, image_path,
     assert message in str(err.value)
     assert "Traceback" not in str(err.value)
     assert len(_detect(client, image_path)[3]) > 0  # the server goes on serving
+
+
+@pytest.mark.parametrize("image, settings, message", [
+    # wrong types
+    ("image", dict(conf="high"), "confidence must be a number from 0 to 1, not 'high' (of type str)"),
+    ("image", dict(size="big"), "input size must be a number from 96 to 608, not 'big' (of type str)"),
+    ("image", dict(which="first"), "detection to explain must be a detection's number"),
+    (5, {}, "image must be an uploaded file"),
+    # out of range
+    ("image", dict(conf=1.5), "confidence must be a number from 0 to 1, not 1.5"),
+    ("image", dict(iou=-0.2), "NMS IoU must be a number from 0 to 1, not -0.2"),
+    ("image", dict(size=100), "input size must be a multiple of 32 from 96 to 608, not 100"),
+    ("image", dict(size=1024), "input size must be a number from 96 to 608, not 1024"),
+    ("image", dict(cam="saliency"), "CAM must be one of"),
+    # no image
+    (None, {}, "no image: upload one, take a webcam snapshot or pick an example"),
+])
+def test_malformed_api_calls_get_a_message_and_the_server_goes_on(client, image_path, image, settings, message):
+    from gradio_client.exceptions import AppError
+
+    s = {**SETTINGS, "cam": "none", "which": 0, **settings}
+    sent = gradio_client.handle_file(str(image_path)) if image == "image" else image
+    with pytest.raises(AppError) as err:
+        client.predict(sent, s["conf"], s["iou"], s["size"], s["cam"], s["which"], api_name="/detect")
+    assert message in str(err.value)
+    assert "Traceback" not in str(err.value)
+    assert len(_detect(client, image_path)[3]) > 0  # the server goes on serving
+
+
+def test_an_exif_oriented_upload_gets_what_yolov3_detect_gives(client, trained_weights, shape_images, tmp_path):
+    """An image with an EXIF orientation tag: the app's detections and annotated image are
+    those of `yolov3 detect` on the same file (the stored pixels, by the project's
+    convention; the page must not let Gradio rotate the upload first)."""
+    from test_app import _exif_rotated_jpeg
+
+    from yolov3.data.sample import load_rgb
+
+    path = _exif_rotated_jpeg(shape_images[2], tmp_path / "portrait.jpg")  # 90 x 120, not square
+    annotated, _, _, records, status, _ = _detect(client, path)
+    main(["detect", str(path), "--weights", str(trained_weights), "--out", str(tmp_path / "out"),
+          "--conf", str(SETTINGS["conf"]), "--iou", str(SETTINGS["iou"]), "--size", str(SETTINGS["size"])])
+    expected = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert len(expected) > 0 and len(records) == len(expected)
+    for got, want in zip(records, expected):
+        assert Path(got.pop("file_name")).name == Path(want.pop("file_name")).name == path.name
+        assert got == want
+    h, w = load_rgb(path).shape[:2]  # the pixels detect reads
+    with Image.open(annotated) as im:
+        assert im.size == (w, h)
+    assert f"({w} x {h})" in status
+
+
+# ----------------------------------------------------------------------------- a full queue
+
+MAX_QUEUE = 2
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(trained_weights, tmp_path_factory):
+    """A server that runs one request at a time and lets MAX_QUEUE wait."""
+    log = tmp_path_factory.mktemp("app_queue") / "server.log"
+    with app_server(trained_weights, ["--concurrency", "1", "--max-queue", str(MAX_QUEUE)], log=log) as url:
+        yield url, log
+
+
+def _raw_burst(url: str, image: Path, n: int, timeout: float) -> tuple[list, dict]:
+    """n joins of /detect sent at the same instant over Gradio's HTTP protocol (what every
+    client does underneath), then the answers of those accepted, read from the session's
+    event stream. Returns ([(HTTP status, body) per join], {event id: completed message})."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=timeout) as http:
+        config = http.get("/config").json()
+        fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "detect")
+        with image.open("rb") as f:
+            uploaded = http.post("/gradio_api/upload", files={"files": (image.name, f)}).json()[0]
+        file = {"path": uploaded, "orig_name": image.name, "meta": {"_type": "gradio.FileData"}}
+        body = {"data": [file, 0.05, 0.45, 608, "Grad-CAM (one detection)", 0], "fn_index": fn_index,
+                "session_hash": "burst", "event_data": None, "trigger_id": None}
+        start = threading.Barrier(n)
+        joins: list = [None] * n
+
+        def join(k):
+            start.wait()
+            r = http.post("/gradio_api/queue/join", json=body)
+            joins[k] = (r.status_code, r.json())
+
+        threads = [threading.Thread(target=join, args=(k,)) for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+        assert not any(t.is_alive() for t in threads), "a join got no answer"
+        accepted = {b["event_id"] for status, b in joins if status == 200}
+        done: dict = {}
+        with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": "burst"}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    message = json.loads(line[5:])
+                    if message.get("msg") == "process_completed":
+                        done[message["event_id"]] = message
+                if accepted <= done.keys():
+                    break
+    return joins, done
+
+
+def test_requests_beyond_the_queue_are_refused_with_a_message(small_queue_server, shape_images, client):
+    """Twelve clients at once against one running and MAX_QUEUE waiting: each is answered
+    or refused at once with the busy message, within a bounded time; none hangs, and the
+    server goes on serving."""
+    import time
+
+    from yolov3.app import BUSY
+
+    url, log = small_queue_server
+    t0 = time.monotonic()
+    joins, done = _raw_burst(url, shape_images[0], 12, timeout=60)
+    seconds = time.monotonic() - t0
+    refused = [b for status, b in joins if status == 503]
+    accepted = [b for status, b in joins if status == 200]
+    assert len(refused) + len(accepted) == len(joins), joins
+    assert refused and accepted, joins  # one request takes far longer than twelve joins
+    assert len(accepted) <= MAX_QUEUE + 1 + 1, joins  # running + waiting (+ one that finished)
+    busy = BUSY.format(waiting=MAX_QUEUE)
+    assert all(b["detail"] == busy for b in refused), refused
+    assert all(done[b["event_id"]]["success"] for b in accepted)
+    assert seconds < 60
+    assert "refused a request: 2 waiting, the --max-queue limit" in log.read_text()
+    # the same server answers a normal client afterwards
+    after = gradio_client.Client(url, verbose=False)
+    assert len(_detect(after, shape_images[0])[3]) > 0
 
 
 # ----------------------------------------------------------------------------- browser

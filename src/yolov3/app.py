@@ -87,6 +87,43 @@ def read_upload(path: str | Path | None, max_pixels: int = MAX_PIXELS, max_side:
                    f"{max_side}); boxes are in the downscaled image's pixels.")
 
 
+def _shown(value) -> str:
+    """A value from a request, short enough for a message, with its type."""
+    text = repr(value)
+    return f"{text[:60]}{'...' if len(text) > 60 else ''} (of type {type(value).__name__})"
+
+
+def _not_a_file(shown: str) -> str:
+    return f"image must be an uploaded file (gradio_client.handle_file(path)), not {shown}"
+
+
+def _number(value, label: str, lo: float, hi: float) -> float:
+    """A setting from a request as a float in [lo, hi]; UploadError naming the setting else.
+
+    API calls bypass the page's sliders, so anything can arrive: strings, booleans (which
+    Python would silently take as 0 and 1), NaN (which `x < lo or x > hi` lets through).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise UploadError(f"{label} must be a number from {lo:g} to {hi:g}, not {_shown(value)}")
+    value = float(value)
+    if not lo <= value <= hi:  # False for NaN too
+        raise UploadError(f"{label} must be a number from {lo:g} to {hi:g}, not {value:g}")
+    return value
+
+
+def _index(value) -> int:
+    """The "detection to explain" from a request: a whole number >= 0 (a digit string too,
+    as a form field may send it); UploadError else."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+            and float(value).is_integer() and value >= 0:
+        return int(value)
+    raise UploadError(f"detection to explain must be a detection's number (0, 1, ...), not {_shown(value)}")
+
+
 def _reason(exc: DataError) -> str:
     """The part of a DataError after "<path>: " (the app names the file by its upload name)."""
     text = str(exc)
@@ -113,9 +150,6 @@ class Prediction:
         return [[k, class_names[int(c)], round(float(s), 4), *(round(float(v), 1) for v in (x1, y1, x2, y2))]
                 for k, (x1, y1, x2, y2, s, c) in enumerate(self.detections.tolist())]
 
-    def choices(self, class_names: Sequence[str]) -> list[tuple[str, int]]:
-        """(label, index) per detection for the "which detection" selector."""
-        return [(f"#{k} {class_names[int(c)]} {s:.2f}", k) for k, (*_, s, c) in enumerate(self.detections.tolist())]
 
 
 class DetectorApp:
@@ -161,7 +195,9 @@ class DetectorApp:
 
         conf, iou, size: default to the loaded detector's (whose NMS IoU and score mode come
         from the weights' evaluation settings, see Detector.load); which: the detection
-        Grad-CAM explains (an index into the detections, by score).
+        Grad-CAM explains (an index into the detections, by score). API calls can send any
+        JSON for any of them: whatever is not a setting's type and range (or not a file for
+        `path`) is refused with an UploadError that names the setting.
         """
         from yolov3.cam import ImageCAM, explain, render
         from yolov3.detect import coco_records
@@ -170,13 +206,17 @@ class DetectorApp:
         if cam not in CAM_CHOICES:
             raise UploadError(f"CAM must be one of {', '.join(CAM_CHOICES)}, not {cam!r}")
         lo, hi, step = self.size_range
-        size = int(size or self.detector.size)
-        conf = self.detector.conf_threshold if conf is None else conf
-        iou = self.detector.iou_threshold if iou is None else iou
-        if not (lo <= size <= hi and size % step == 0):
-            raise UploadError(f"input size must be a multiple of {step} from {lo} to {hi}, not {size}")
-        if not (0.0 <= conf <= 1.0 and 0.0 <= iou <= 1.0):
-            raise UploadError(f"confidence and NMS IoU must be in [0, 1], got {conf} and {iou}")
+        conf = _number(self.detector.conf_threshold if conf is None else conf, "confidence", 0.0, 1.0)
+        iou = _number(self.detector.iou_threshold if iou is None else iou, "NMS IoU", 0.0, 1.0)
+        size = _number(self.detector.size if size is None else size, "input size", lo, hi)
+        if size != int(size) or int(size) % step:
+            raise UploadError(f"input size must be a multiple of {step} from {lo} to {hi}, not {size:g}")
+        size = int(size)
+        which = _index(which)
+        if isinstance(path, (str, Path)) and not str(path).strip():
+            path = None  # an empty string from an API call: the same as no image
+        if path is not None and not isinstance(path, (str, Path)):
+            raise UploadError(_not_a_file(_shown(path)))
         image, note = read_upload(path, self.max_pixels, self.max_side, name)
         detector = self.detector.configured(size=size, conf_threshold=float(conf), iou_threshold=float(iou))
         names = detector.class_names
@@ -193,7 +233,7 @@ class DetectorApp:
         if cam == CAM_EIGEN:
             overlay = render(image, result, names, "eigencam")[0][1]
         elif cam == CAM_GRAD and len(result.cams):
-            k = int(which or 0)
+            k = which
             if not 0 <= k < len(result.cams):
                 notes.append(f"there is no detection #{k} (there are {len(result.cams)}); explaining #0")
                 k = 0
@@ -217,12 +257,30 @@ class DetectorApp:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         import gradio as gr
 
-        def path_only(payload, _image_preprocess=None):
-            """The uploaded file's path, unopened: a file that is not an image then reaches
-            read_upload (and its message) instead of failing inside Gradio's own decoding."""
-            if payload is None or (payload.url or "").startswith("data:"):
-                return _image_preprocess(payload)
+        def path_only(payload, cache_dir):
+            """The uploaded file's path, the file unopened and unchanged.
+
+            Gradio's own preprocessing would decode the file (a file that is not an image
+            would then fail inside Gradio instead of reaching read_upload and its message)
+            and rotate it by its EXIF orientation tag, while boxes everywhere in this
+            project are in the stored pixels (as `yolov3 detect` gives them). An image sent
+            inline as a data: URL is written to a file as sent, for the same reasons.
+            """
+            if payload is None:
+                return None
+            if NOT_A_FILE in (payload.meta or {}):
+                raise gr.Error(_not_a_file(payload.meta[NOT_A_FILE]), title="Cannot use this input",
+                               print_exception=False)
+            url = payload.url or ""
+            if url.startswith("data:"):
+                return _save_data_url(url, cache_dir)
             return payload.path
+
+        def as_sent(payload):
+            """A setting's value as the request sent it: predict checks each one and names
+            the setting in its message (Gradio's slider check names neither the slider nor
+            the range, and a string would fail inside it with a TypeError)."""
+            return payload
 
         names = self.detector.class_names
         lo, hi, step = self.size_range  # includes the detector's own size, the slider's default
@@ -236,9 +294,14 @@ class DetectorApp:
             import pandas as pd  # a dependency of Gradio
 
             table = pd.DataFrame(p.table(names), columns=TABLE_HEADERS)  # keeps the headers when empty
-            choices = p.choices(names) or [("no detections", 0)]
-            keep = which if isinstance(which, int) and 0 <= which < len(p.detections) else 0
-            return (p.image, table, p.cam, p.records, p.note, gr.Dropdown(choices=choices, value=keep))
+            keep = _index(which) if _index(which) < len(p.detections) else 0
+            cache_dir = annotated.GRADIO_CACHE
+            # Plain values only, never gr.update(...) or a component: Gradio builds a new
+            # component for each such update and keeps it in the session's state under a new
+            # id when the component is also an input (as `which` is): one more component,
+            # with its config, kept per request for as long as the session lives.
+            return (_png_file(p.image, cache_dir, "detections.png"), table, _png_file(p.cam, cache_dir, "cam.png"),
+                    p.records, p.note, keep)
 
         with gr.Blocks(title="YOLOv3 detector") as page:
             gr.Markdown("## YOLOv3 · detect, inspect, explain")
@@ -248,13 +311,16 @@ class DetectorApp:
                                      elem_id="input-image")
                     # on this instance only (a gr.Image subclass would make Gradio write a .pyi
                     # stub next to this module at import time)
-                    image.preprocess = functools.partial(path_only, _image_preprocess=image.preprocess)
+                    image.preprocess = functools.partial(path_only, cache_dir=image.GRADIO_CACHE)
+                    image.data_model = _image_data_or_not()
                     conf = gr.Slider(0.01, 1.0, value=self.detector.conf_threshold, step=0.01, label="confidence")
                     iou = gr.Slider(0.05, 0.95, value=self.detector.iou_threshold, step=0.05, label="NMS IoU")
                     size = gr.Slider(lo, hi, value=self.detector.size, step=step, label="input size")
                     cam = gr.Radio(list(CAM_CHOICES), value=CAM_NONE, label="explain (class activation map)")
-                    which = gr.Dropdown(choices=[("#0", 0)], value=0, label="detection to explain (Grad-CAM)",
-                                        allow_custom_value=True)
+                    # a number (the # column of the table), not a dropdown of the detections:
+                    # updating a dropdown's choices per request grows the server (see run)
+                    which = gr.Number(value=0, precision=0, minimum=0, label="detection to explain (Grad-CAM)",
+                                      info="its # in the detections table")
                     button = gr.Button("Detect", variant="primary", elem_id="detect-button")
                 with gr.Column(scale=2):
                     annotated = gr.Image(label="detections", type="numpy", format="png", interactive=False,
@@ -269,19 +335,165 @@ class DetectorApp:
             with gr.Accordion("model", open=False):
                 gr.Markdown(self.info(), elem_id="model-info")
             inputs = [image, conf, iou, size, cam, which]
+            for control in inputs[1:]:
+                control.preprocess = as_sent
             outputs = [annotated, table, overlay, records, status, which]
             button.click(run, inputs, outputs, api_name="detect")
             image.upload(run, inputs, outputs, api_name=False)
 
             def rerun(path, *settings):
-                """A changed explanation or detection re-runs the image, if there is one yet."""
-                return tuple(gr.skip() for _ in outputs) if path is None else run(path, *settings)
+                """A changed explanation or detection re-runs the image, if there is one; with
+                none, the outputs are empty (plain values, not gr.skip(): see run)."""
+                if path is not None:
+                    return run(path, *settings)
+                import pandas as pd
+
+                return None, pd.DataFrame(columns=TABLE_HEADERS), None, [], "", settings[-1]
 
             for control in (cam, which):
                 control.input(rerun, inputs, outputs, api_name=False)
             if self.examples:
                 gr.Examples(self.examples, inputs=[image], label="examples (click one, then Detect)")
         return page
+
+
+NOT_A_FILE = "yolov3_not_a_file"  # the key in ImageData.meta of a request's image that was no file
+
+
+@functools.cache
+def _image_data_or_not():
+    """Gradio's ImageData, except that a value which is not a file's description at all (an
+    API call that sent a number or a bare string) validates too, as an empty one whose `meta`
+    says what was sent. The page's image preprocessing then refuses it with a message; Gradio
+    validates before any preprocessing, and pydantic's message names its model and links
+    its documentation instead of saying what the app wants."""
+    from gradio.data_classes import ImageData as GradioImageData
+    from pydantic import BaseModel, model_validator
+
+    class ImageData(GradioImageData):  # Gradio's name: the API's schema stays as it was
+        @model_validator(mode="before")
+        @classmethod
+        def _not_a_file(cls, value):
+            if value is None or isinstance(value, (dict, BaseModel)):
+                return value
+            return {"meta": {"_type": "gradio.FileData", NOT_A_FILE: _shown(value)}}
+
+    return ImageData
+
+
+def _save_data_url(url: str, cache_dir: str | Path) -> str:
+    """Write the bytes of a base64 data: URL (an image sent inline) to a file, unchanged;
+    its path. Raises gr.Error when the URL is not base64 data."""
+    import base64
+    import binascii
+
+    import gradio as gr
+
+    head, _, data = url.partition(",")
+    try:
+        if not head.endswith(";base64"):
+            raise ValueError("not base64")
+        raw = base64.b64decode(data, validate=True)
+    except (ValueError, binascii.Error):
+        raise gr.Error("the image sent as a data: URL is not base64 data (send a file: "
+                       "gradio_client.handle_file(path))", title="Cannot use this input",
+                       print_exception=False) from None
+    return _write_once(raw, Path(cache_dir) / "data-url", "pasted image")
+
+
+def _write_once(data: bytes, root: Path, name: str) -> str:
+    """Write `data` to root/<its hash>/name unless that file exists; its path.
+
+    One folder per content, as Gradio keeps its files, so repeated content is written once;
+    and the file is written under a temporary name and renamed into place, so it is whole
+    or absent for a request reading it at the same time.
+    """
+    import hashlib
+
+    folder = root / hashlib.sha256(data).hexdigest()[:32]
+    path = folder / name
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.part"
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return str(path)
+
+
+def _png_file(image: np.ndarray | None, cache_dir: str | Path, name: str) -> str | None:
+    """An output image as a PNG file of its own (see _write_once), for an Image output.
+
+    Handed an array, Gradio writes its PNG to a path named by the content's hash in place
+    (truncate, then write): when two requests give the same image (the same upload and
+    settings), one rewrites the file while the other's client downloads it, which then gets
+    a short file ("Too little data for declared Content-Length", seen under load). Handed
+    a file, Gradio copies it to its cache under a temporary name and renames it.
+    """
+    if image is None:
+        return None
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="png")
+    return _write_once(buffer.getvalue(), Path(cache_dir) / "outputs", name)
+
+
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Have glibc's malloc keep at most `arenas` arenas (pools) for the threads started
+    after this; True if set. Skipped where MALLOC_ARENA_MAX is set (the operator's choice)
+    or the C library is not glibc.
+
+    Gradio runs each request on one of its worker threads, and glibc gives threads their own
+    arenas (up to 8 per core), each keeping the freed memory of the images and tensors that
+    passed through it: over 1,000 requests after a warm-up (bench/app_load.py, 2 CPU
+    cores) the server grew by 69 MB, steadily (6-9 MB per 100 requests); with two arenas
+    by 13 MB, the last 300 requests none. Requests per second did not drop (one request at
+    a time holds the model anyway).
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        return False
+    M_ARENA_MAX = -8  # glibc's malloc.h
+    return bool(mallopt(M_ARENA_MAX, int(arenas)))
+
+
+BUSY = "the server is busy: {waiting} requests are waiting, the most it queues; try again in a moment"
+
+
+def _explain_queue_full(page) -> None:
+    """Word Gradio's queue-full refusal for whoever reads it, and log it for the operator.
+
+    Gradio answers "Queue is full. Max size is N and size is N." and logs nothing, so an
+    operator never learns that users are being turned away. This wraps the push of this
+    page's queue object (Gradio's internals: the app tests pin the message, so a Gradio
+    release that changes them is noticed).
+    """
+    queue = getattr(page, "_queue", None)
+    push = getattr(queue, "push", None)
+    if push is None:  # another Gradio: its own message stays, which is still a refusal
+        log.warning("cannot word the queue-full message on this Gradio version; Gradio's own is used")
+        return
+
+    async def push_explained(*args, **kwargs):
+        ok, detail, state = await push(*args, **kwargs)
+        if state == "queue_full":
+            waiting = len(queue)
+            detail = BUSY.format(waiting=waiting)
+            log.warning("refused a request: %d waiting, the --max-queue limit (raise it, or "
+                        "--concurrency, if this happens often)", waiting)
+        return ok, detail, state
+
+    queue.push = push_explained
 
 
 def find_examples(paths: Sequence[str] = ()) -> list[str]:
@@ -298,11 +510,19 @@ def find_examples(paths: Sequence[str] = ()) -> list[str]:
 def serve(app: DetectorApp, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1,
           max_queue: int = 16, block: bool = True):
     """Launch the page with Gradio's queue: `concurrency` requests run at once, up to
-    `max_queue` wait (later ones are told the queue is full). Returns Gradio's (app, url, share)."""
+    `max_queue` wait. Returns Gradio's (app, url, share).
+
+    A request beyond those is refused at once, never queued: the client is told the server
+    is busy and to try again (HTTP 503 from /gradio_api/queue/join with BUSY's message;
+    gradio_client raises QueueError, the page shows Gradio's "currently busy" notice), and
+    the server's log says so. A queue without a bound would let waits grow without one.
+    """
     import gradio as gr
 
+    limit_malloc_arenas()
     page = app.build()
     page.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    _explain_queue_full(page)
     # system fonts: the page works on a machine without internet
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
