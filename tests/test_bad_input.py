@@ -242,22 +242,22 @@ def test_permission_denied_simulated(roots, monkeypatch) -> None:
     denied = {root / IMG, root / LBL}
     real_open, real_read = Image.open, Path.read_bytes
 
-    def image_open(path, *a, **kw):
-        if Path(path) in denied:
+    def image_open(path, *a, **kw):  # headers are read by opening the path
+        if isinstance(path, (str, Path)) and Path(path) in denied:
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *a, **kw)
 
-    def read_bytes(self):
+    def read_bytes(self):  # images are decoded from their bytes, label files read as bytes
         if self in denied:
             raise PermissionError(13, "Permission denied", str(self))
         return real_read(self)
 
     monkeypatch.setattr(Image, "open", image_open)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
     with pytest.raises(DataError, match=re.escape(f"{root / IMG}: cannot read image (permission denied) "
                                                   f"(listed at {root / CSV}:3)")):
         KaggleVOC(root, "train.csv")
     denied.discard(root / IMG)
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
     with pytest.raises(DataError, match=re.escape(f"{root / LBL}: cannot read label file (permission denied)")):
         KaggleVOC(root, "train.csv")
 

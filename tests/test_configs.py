@@ -21,7 +21,7 @@ def test_fit_a_few_steps(config, synth_root, tmp_path, monkeypatch, caplog):
         "fit", "--config", str(config),
         "--data.root", str(synth_root), "--data.train_split", "train.csv", "--data.test_split", "test.csv",
         "--data.image_size", "64", "--data.batch_size", "4", "--data.num_workers", "0", "--data.val_fraction", "0.25",
-        "--model.width", "0.0625",
+        "--model.width", "0.0625", "--data.cache_dir", str(tmp_path / "cache"),  # voc.yaml caches on disk
         "--trainer.accelerator", "cpu", "--trainer.devices", "1",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
         "--trainer.check_val_every_n_epoch", "1",
@@ -30,6 +30,8 @@ def test_fit_a_few_steps(config, synth_root, tmp_path, monkeypatch, caplog):
     assert len(ckpts) == 1
     metrics = (ckpts[0].parent.parent / "metrics.csv").read_text()
     assert "train/loss" in metrics and "val/class_acc" in metrics
+    if "cache_images: disk" in config.read_text():
+        assert list((tmp_path / "cache").glob("images-608-*/pixels-*.u8"))  # shrunk to the largest train size
     if "16-mixed" in config.read_text():
         assert "bf16-mixed instead" in caplog.text
 

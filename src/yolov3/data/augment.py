@@ -30,6 +30,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from yolov3.data import timing
 from yolov3.data.sample import Sample
 
 PAD_VALUE = 114  # grey padding, the usual YOLO letterbox colour
@@ -62,7 +63,8 @@ def resize_longest(image: np.ndarray, boxes: np.ndarray, size: int,
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     if (new_w, new_h) != (w, h):
         interp = cv2.INTER_AREA if scale < 1 and not fast else cv2.INTER_LINEAR
-        image = cv2.resize(image, (new_w, new_h), interpolation=interp)
+        with timing.stage("resize"):
+            image = cv2.resize(image, (new_w, new_h), interpolation=interp)
     sx, sy = new_w / w, new_h / h
     return image, boxes * np.array([sx, sy, sx, sy], dtype=np.float32), sx, sy
 
@@ -203,11 +205,12 @@ def box_survives(boxes: np.ndarray, full_area: np.ndarray, config: AugmentConfig
 
 def _finish(image: np.ndarray, boxes: np.ndarray, full_area: np.ndarray, labels: np.ndarray, difficult: np.ndarray,
             path: str, size: int, config: AugmentConfig) -> Sample:
-    boxes = boxes.copy()
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, size)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, size)
-    keep = box_survives(boxes, full_area, config)
-    return Sample(image, boxes[keep], labels[keep], difficult[keep], path)
+    with timing.stage("survival filter"):
+        boxes = boxes.copy()
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, size)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, size)
+        keep = box_survives(boxes, full_area, config)
+        return Sample(image, boxes[keep], labels[keep], difficult[keep], path)
 
 
 def affine_sample(sample: Sample, size: int, matrix: np.ndarray, config: AugmentConfig,
@@ -307,17 +310,21 @@ class TrainTransform:
         c, rng = self.config, self.rng
         if pool is not None and len(pool) > 0 and rng.random() < c.mosaic_prob:
             partners = [pool[int(i)] for i in rng.integers(len(pool), size=3)]
-            out = mosaic([sample, *partners], size, rng, c)
+            with timing.stage("mosaic/affine"):
+                out = mosaic([sample, *partners], size, rng, c)
         else:
-            out, _ = letterbox(sample, size, fast=True)
-            if rng.random() < c.affine_prob:
-                matrix = random_affine_matrix(rng, (size / 2, size / 2), size, c.scale, c.translate,
-                                              c.degrees, c.shear)
-                out = affine_sample(out, size, matrix, c)
+            with timing.stage("mosaic/affine"):
+                out, _ = letterbox(sample, size, fast=True)
+                if rng.random() < c.affine_prob:
+                    matrix = random_affine_matrix(rng, (size / 2, size / 2), size, c.scale, c.translate,
+                                                  c.degrees, c.shear)
+                    out = affine_sample(out, size, matrix, c)
         if rng.random() < c.hflip:
-            out = hflip(out, size)
-        image = self.photometric(image=out.image)["image"]
-        return Sample(np.ascontiguousarray(image), out.boxes, out.labels, out.difficult, out.path)
+            with timing.stage("mosaic/affine"):
+                out = hflip(out, size)
+        with timing.stage("colour"):
+            image = np.ascontiguousarray(self.photometric(image=out.image)["image"])
+        return Sample(image, out.boxes, out.labels, out.difficult, out.path)
 
 
 class EvalTransform:

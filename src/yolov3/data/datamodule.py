@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -20,8 +21,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from yolov3.boxes import xyxy_to_cxcywh
 from yolov3.constants import VOC_CLASSES
 from yolov3.data.augment import AugmentConfig, EvalTransform, TrainTransform
+from yolov3.data.cache import DiskImageCache, cache_mode, shrink, with_image
 from yolov3.data.sample import Sample
 from yolov3.data.sources import DetectionSource, open_source
+from yolov3.data import timing
 
 log = logging.getLogger("yolov3.data")
 
@@ -32,25 +35,56 @@ class DetectionDataset(Dataset):
     Items are requested as (index, size) or, for training, (index, size, mosaic allowed);
     each returns a dict with "image" (3, S, S) uint8,
     "boxes" (N, 4) float xyxy pixels at S, "labels" (N,), "difficult" (N,), "path", and
-    for evaluation "orig_size" (w, h) and "letterbox" (scale_x, scale_y, pad_x, pad_y).
+    "orig_size" (w, h) of the stored image and "letterbox" (scale_x, scale_y, pad_x, pad_y)
+    (the identity for training).
+
+    Training samples are first shrunk so their longer side is at most `max_side` (the largest
+    training size; see data/cache.py). cache_images: "none" (or False), "ram" (or True: a
+    dict of loaded samples per process) or "disk" (training sets of a file-backed source
+    only: a DiskImageCache in `cache_dir`; evaluation sets then read their files each time,
+    since they are letterboxed from the full image).
     """
 
     def __init__(self, source: Sequence[Sample], train: bool, augment: AugmentConfig | None = None,
-                 cache_images: bool = False, seed: int = 0) -> None:
+                 cache_images: bool | str = False, seed: int = 0, max_side: int | None = None,
+                 cache_dir: str | Path | None = None) -> None:
         self.source = source
         self.train = train
         self.transform = TrainTransform(augment, seed=seed) if train else EvalTransform()
-        self._cache: dict[int, Sample] | None = {} if cache_images else None
+        self.max_side = max_side if train else None
+        mode = cache_mode(cache_images)
+        self._cache: dict[int, tuple[Sample, tuple[int, int]]] | None = {} if mode == "ram" else None
+        self._disk: DiskImageCache | None = None
+        if mode == "disk" and train:
+            if max_side is None or cache_dir is None:
+                raise ValueError("cache_images='disk' needs max_side and cache_dir")
+            base, self._base_index = _file_backed(source)
+            self._records = base.records
+            self._disk = DiskImageCache(cache_dir, [r.image_path for r in base.records], lambda i: base[i].image,
+                                        max_side)
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def _load(self, index: int) -> tuple[Sample, tuple[int, int]]:
+        """Sample `index` as the transform gets it (shrunk for training) and its stored (w, h)."""
+        if self._disk is not None:
+            rec = self._records[self._base_index[index]]
+            image = self._disk[self._base_index[index]]
+            # copies: the record's arrays are read-only, and the batch's tensors are made from them
+            sample = Sample(image, rec.boxes.copy(), rec.labels.copy(), rec.difficult.copy(), str(rec.image_path))
+            return with_image(sample, image, rec.width, rec.height), (rec.width, rec.height)
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        sample = self.source[index]
+        h, w = sample.image.shape[:2]
+        loaded = (shrink(sample, self.max_side) if self.train else sample), (w, h)
+        if self._cache is not None:
+            self._cache[index] = loaded
+        return loaded
+
     def _sample(self, index: int) -> Sample:
-        if self._cache is None:
-            return self.source[index]
-        if index not in self._cache:
-            self._cache[index] = self.source[index]
-        return self._cache[index]
+        return self._load(index)[0]
 
     def __getitem__(self, item: tuple[int, int] | tuple[int, int, bool] | tuple[int, int, bool, int]) -> dict:
         index, size = item[0], item[1]
@@ -59,22 +93,32 @@ class DetectionDataset(Dataset):
             # the sampler's per-sample seed: the augmentation depends on the sample's place in
             # the run only, not on which worker makes it, so a resumed run replays it exactly
             self.transform.set_seed(item[3])
-        sample = self._sample(index)
-        h, w = sample.image.shape[:2]
-        out: dict = {"index": index, "path": sample.path, "orig_size": (w, h)}
+        sample, orig_size = self._load(index)
+        out: dict = {"index": index, "path": sample.path, "orig_size": orig_size}
         if self.train:
             s = self.transform(sample, size, pool=_Loaded(self) if allow_mosaic else None)
             out["letterbox"] = (1.0, 1.0, 0.0, 0.0)
         else:
             s, lb = self.transform(sample, size)
             out["letterbox"] = (lb.scale_x, lb.scale_y, lb.pad_x, lb.pad_y)
-        out.update(
-            image=torch.from_numpy(s.image).permute(2, 0, 1).contiguous(),
-            boxes=torch.from_numpy(s.boxes),
-            labels=torch.from_numpy(s.labels),
-            difficult=torch.from_numpy(s.difficult),
-        )
+        with timing.stage("collate"):
+            out.update(
+                image=torch.from_numpy(s.image).permute(2, 0, 1).contiguous(),
+                boxes=torch.from_numpy(s.boxes),
+                labels=torch.from_numpy(s.labels),
+                difficult=torch.from_numpy(s.difficult),
+            )
         return out
+
+
+def _file_backed(source: Sequence[Sample]) -> tuple[DetectionSource, list[int]]:
+    """The DetectionSource under `source` (itself or a _Subset of it) and the map from
+    source indices to its indices; ValueError for sources without files (lists of Samples)."""
+    if isinstance(source, _Subset) and isinstance(source.source, DetectionSource):
+        return source.source, list(source.indices)
+    if isinstance(source, DetectionSource):
+        return source, list(range(len(source)))
+    raise ValueError(f"cache_images='disk' needs a source read from files, got {type(source).__name__}")
 
 
 class _Loaded(Sequence):
@@ -93,16 +137,18 @@ class _Loaded(Sequence):
 def collate(items: list[dict]) -> dict:
     """Stack a batch. "targets" is (M, 6): image index, class, cx, cy, w, h as fractions of
     the batch's image size, the format build_targets takes."""
-    images = torch.stack([it["image"] for it in items])
+    with timing.stage("collate"):
+        images = torch.stack([it["image"] for it in items])
     size_h, size_w = images.shape[-2:]
-    rows = []
-    for i, it in enumerate(items):
-        b = it["boxes"].float()
-        if b.numel() == 0:
-            continue
-        cxcywh = xyxy_to_cxcywh(b) / torch.tensor([size_w, size_h, size_w, size_h], dtype=b.dtype)
-        rows.append(torch.cat((torch.full((len(b), 1), float(i)), it["labels"].float()[:, None], cxcywh), 1))
-    targets = torch.cat(rows) if rows else torch.zeros(0, 6)
+    with timing.stage("targets"):
+        rows = []
+        for i, it in enumerate(items):
+            b = it["boxes"].float()
+            if b.numel() == 0:
+                continue
+            cxcywh = xyxy_to_cxcywh(b) / torch.tensor([size_w, size_h, size_w, size_h], dtype=b.dtype)
+            rows.append(torch.cat((torch.full((len(b), 1), float(i)), it["labels"].float()[:, None], cxcywh), 1))
+        targets = torch.cat(rows) if rows else torch.zeros(0, 6)
     return {
         "images": images,
         "targets": targets,
@@ -232,7 +278,11 @@ class YoloDataModule(L.LightningDataModule):
             that size and every DDP process makes step k at the same size.
         batch_size, eval_batch_size, num_workers: loader settings.
         skip_bad: skip unreadable images / bad label files (each logged) instead of failing.
-        cache_images: keep decoded images in memory (small datasets).
+        cache_images: keep the decoded (and, for training, shrunk) images: "none" (or false),
+            "ram" (or true; per process and per worker: small sets) or "disk" (training set
+            only: one memory-mapped file shared by all workers and DDP processes; see
+            data/cache.py). The batches are the same either way.
+        cache_dir: where "disk" keeps its files (default: <root>/.yolov3-cache).
         class_names: the label names (default: the 20 VOC classes).
         augment: training augmentation settings (mosaic, geometry, flip, colour).
         seed: seeds the split, the shuffling, the batch sizes and the augmentation (each
@@ -253,7 +303,8 @@ class YoloDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 4,
         skip_bad: bool = False,
-        cache_images: bool = False,
+        cache_images: bool | str = False,
+        cache_dir: str | None = None,
         class_names: list[str] | None = None,
         augment: AugmentConfig | None = None,
         seed: int = 0,
@@ -275,7 +326,8 @@ class YoloDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.skip_bad = skip_bad
-        self.cache_images = cache_images
+        self.cache_images = cache_mode(cache_images)
+        self.cache_dir = cache_dir
         self.class_names = tuple(class_names) if class_names else VOC_CLASSES
         self.augment = augment or AugmentConfig()
         self.seed = seed
@@ -300,10 +352,17 @@ class YoloDataModule(L.LightningDataModule):
             else:
                 train_src, val_src = _holdout(train_src, self.val_fraction, self.seed)
             log.info("train: %d images, val: %d images", len(train_src), len(val_src))
-            self.train_set = DetectionDataset(train_src, True, self.augment, self.cache_images, self.seed)
-            self.val_set = DetectionDataset(val_src, False, cache_images=self.cache_images)
+            self.train_set = DetectionDataset(train_src, True, self.augment, self.cache_images, self.seed,
+                                              max_side=max(self.train_sizes),
+                                              cache_dir=self.cache_dir or Path(self.root) / ".yolov3-cache")
+            self.val_set = DetectionDataset(val_src, False, cache_images=self._eval_cache)
         if stage in ("test", None) and self.test_set is None:
-            self.test_set = DetectionDataset(self._open(self.test_split), False, cache_images=self.cache_images)
+            self.test_set = DetectionDataset(self._open(self.test_split), False, cache_images=self._eval_cache)
+
+    @property
+    def _eval_cache(self) -> str:
+        # evaluation letterboxes the full image: the disk cache (shrunk pixels) is for training only
+        return "ram" if self.cache_images == "ram" else "none"
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
