@@ -2,7 +2,7 @@
 
 Training never needs more pixels than its largest size S: mosaic tiles and letterboxes are
 resized to at most S. So the first stage of the training pipeline is `shrink`: the decoded
-image is resized (area averaging) so its longer side is at most S, never enlarged. Decoding
+image is resized so its longer side is at most S, never enlarged. Decoding
 is most of the cost of a training sample (a mosaic decodes four files), so the shrunk
 images can be kept:
 
@@ -63,14 +63,19 @@ def cache_mode(value: bool | str | None) -> str:
 
 
 def shrink_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
-    """(H, W, 3) uint8 -> the same image with its longer side at most max_side (area averaging,
-    new sides rounded); unchanged (the same array) when it already fits or max_side is None."""
+    """(H, W, 3) uint8 -> the same image with its longer side at most max_side (new sides
+    rounded); unchanged (the same array) when it already fits or max_side is None.
+
+    Area averaging where the image shrinks below half its size (bilinear would alias there),
+    bilinear above: VOC's 500 px photos at S = 416 take 0.2 ms a shrink instead of 1.5 ms, which
+    the uncached pipeline pays on every draw.
+    """
     h, w = image.shape[:2]
     if max_side is None or max(h, w) <= max_side:
         return image
     scale = max_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR)
 
 
 def with_image(sample: Sample, image: np.ndarray, orig_w: int, orig_h: int) -> Sample:
