@@ -204,3 +204,7 @@ def test_disk_cache_build_is_logged(tmp_path, caplog):
         DiskImageCache(tmp_path / "cache", paths, Counting(paths), max_side=64)
     assert "caching 2 of 2 images shrunk to 64 px (0 reused)" in caplog.text
     assert "2 images" in caplog.text and "built in" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="yolov3.data"):
+        DiskImageCache(tmp_path / "cache", paths, Counting(paths), max_side=64)
+    assert "using the cached images (2," in caplog.text and "caching" not in caplog.text

@@ -160,6 +160,7 @@ class DiskImageCache:
             reuse = [[e["size"], e["mtime_ns"]] == list(fp) for e, fp in zip(old["entries"], fingerprints)]
             if all(reuse):
                 self._set_index(old)
+                log.info("%s: using the cached images (%d, %.1f MB)", self.folder, len(self.paths), self.nbytes / 1e6)
                 return
         self._build(load, fingerprints, old, reuse, progress)
 
