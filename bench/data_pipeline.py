@@ -53,10 +53,15 @@ def batches_of(loader):
         yield from loader
 
 
+def warm_ram_cache(dm: YoloDataModule) -> None:
+    """Fill the RAM cache before timing, as after the first epoch."""
+    for i in range(len(dm.train_set)):
+        dm.train_set._load(i)
+
+
 def measure(dm: YoloDataModule, batches: int, warm: bool) -> float:
-    if warm:  # the RAM cache is filled before timing, as after the first epoch
-        for i in range(len(dm.train_set)):
-            dm.train_set._load(i)
+    if warm:
+        warm_ram_cache(dm)
     it = batches_of(dm.train_dataloader())
     next(it)  # start-up (worker processes, first decode) is not throughput
     n, t0 = 0, time.perf_counter()
@@ -119,8 +124,7 @@ def main() -> None:
             for mosaic in (0.0, 0.75):
                 dm = datamodule(args, cache, mosaic, 0, cache_dir)
                 if cache == "ram":
-                    for i in range(len(dm.train_set)):
-                        dm.train_set._load(i)
+                    warm_ram_cache(dm)
                 per_stage, wall = breakdown(dm, args.batches)
                 stage_rows.append({"cache": cache, "mosaic": mosaic, **{k: round(v, 3) for k, v in per_stage.items()},
                                    "other": round(wall - sum(per_stage.values()), 3), "total": round(wall, 3)})

@@ -49,6 +49,12 @@ class Letterbox:
     pad_y: float
 
 
+def longest_side_to(w: int, h: int, size: int) -> tuple[int, int, float]:
+    """(new_w, new_h, scale) of a w x h image scaled so its longer side is `size` (sides rounded, >= 1)."""
+    scale = size / max(h, w)
+    return max(1, round(w * scale)), max(1, round(h * scale)), scale
+
+
 def resize_longest(image: np.ndarray, boxes: np.ndarray, size: int,
                    fast: bool = False) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Resize keeping the aspect ratio so the longer side is `size`.
@@ -59,8 +65,7 @@ def resize_longest(image: np.ndarray, boxes: np.ndarray, size: int,
     and the slight aliasing is one more augmentation.
     """
     h, w = image.shape[:2]
-    scale = size / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    new_w, new_h, scale = longest_side_to(w, h, size)
     if (new_w, new_h) != (w, h):
         interp = cv2.INTER_AREA if scale < 1 and not fast else cv2.INTER_LINEAR
         with timing.stage("resize"):

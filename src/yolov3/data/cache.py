@@ -40,8 +40,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from yolov3.data.sample import DataError, Sample
 from yolov3.data import timing
+from yolov3.data.augment import longest_side_to
+from yolov3.data.sample import DataError, Sample
 
 log = logging.getLogger("yolov3.data")
 
@@ -73,9 +74,8 @@ def shrink_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
     h, w = image.shape[:2]
     if max_side is None or max(h, w) <= max_side:
         return image
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR)
+    new_w, new_h, scale = longest_side_to(w, h, max_side)
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR)
 
 
 def with_image(sample: Sample, image: np.ndarray, orig_w: int, orig_h: int) -> Sample:
