@@ -55,3 +55,45 @@ def test_gradients_reach_every_trainable_parameter():
     sum(o.square().mean() for o in out).backward()
     missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
+
+
+def _layouts(model: YOLOv3) -> dict[str, bool]:
+    """Conv name -> whether its weight is NHWC (1x1 kernels are both layouts: left out)."""
+    return {n: m.weight.is_contiguous(memory_format=torch.channels_last) for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)}
+
+
+@pytest.mark.parametrize("width", [0.125, 0.25, 1.0])
+def test_channels_last_keeps_only_narrow_convs_nchw(width):
+    m = YOLOv3(width=width)
+    m.use_channels_last()
+    convs = {n: c for n, c in m.named_modules() if isinstance(c, torch.nn.Conv2d) and c.kernel_size != (1, 1)}
+    layouts = _layouts(m)
+    assert {n for n, nhwc in layouts.items() if not nhwc} == {n for n, c in convs.items() if c.out_channels < 16}
+    assert m.first_layer_channels_last == (convs["layers.0.conv"].out_channels >= 16)
+    m.use_channels_last(False)
+    assert not any(_layouts(m).values()) and not m.first_layer_channels_last
+
+
+@pytest.mark.parametrize("width", [0.125, 1.0])
+def test_channels_last_computes_the_same_function(width):
+    torch.manual_seed(0)
+    ref = YOLOv3(num_classes=3, width=width)
+    mixed = YOLOv3(num_classes=3, width=width)
+    mixed.load_state_dict(ref.state_dict())
+    mixed.use_channels_last()
+    # eval mode: BatchNorm over a batch of 2 small images is ill-conditioned enough that two
+    # kernel orders alone move train-mode gradients by about 1 %
+    ref.eval(), mixed.eval()
+    x = torch.rand(2, 3, 64, 96)
+    ref_out = ref(x)
+    out = mixed(x.contiguous(memory_format=torch.channels_last) if mixed.first_layer_channels_last else x)
+    for a, b in zip(ref_out, out):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    # gradients too: the layout changes only how the kernels walk memory
+    sum(o.sum() for o in ref_out).backward()
+    sum(o.sum() for o in out).backward()
+    for (name, p), q in zip(ref.named_parameters(), mixed.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-3, msg=name)

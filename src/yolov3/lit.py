@@ -31,9 +31,10 @@ class YoloLitModule(L.LightningModule):
             dict so checkpoints hold only plain types and load with weights_only=True.
         ignore_threshold: anchors with shape IoU above it (not assigned) are ignored.
         conf_threshold: objectness threshold of the course's accuracies.
-        channels_last: run convolutions in NHWC layout (training steps 1.13-1.17x faster at
-            batch 8 and 1.48-1.57x at batch 16 on our 2-core CPU, bench/train_throughput.py;
-            also the layout tensor cores prefer under mixed precision).
+        channels_last: run convolutions in NHWC layout, except those with fewer than 16
+            output channels, which only reduced widths have (YOLOv3.use_channels_last;
+            measured on our 2-core CPU by bench/train_throughput.py, README "Benchmarks";
+            NHWC is also the layout tensor cores prefer under mixed precision).
         map_every_n_epochs: compute the VOC mAP in validation every n epochs (and at the last
             epoch); 0 never. Test always computes it, with COCO mAP as well.
         eval_conf_threshold, eval_iou_threshold, eval_max_detections, eval_max_candidates,
@@ -82,7 +83,7 @@ class YoloLitModule(L.LightningModule):
         if objectness_prior is not None:
             self.model.init_objectness_bias(objectness_prior)
         if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model.use_channels_last()
         anchor_tensor = torch.tensor(anchors if anchors is not None else DEFAULT_ANCHORS, dtype=torch.float32)
         if anchor_tensor.shape != (3, 3, 2):
             raise ValueError(f"anchors must be 3 scales x 3 anchors x (w, h), got shape {tuple(anchor_tensor.shape)}")
@@ -104,7 +105,7 @@ class YoloLitModule(L.LightningModule):
         """images: (B, 3, S, S) uint8 or float in [0, 1] -> three (B, 3, s, s, 5+C) heads."""
         if images.dtype == torch.uint8:
             images = images.float().div_(255.0)
-        if self.hparams.channels_last:
+        if self.model.first_layer_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
 

@@ -48,6 +48,8 @@ CONFIG: list = [
 ]
 
 NUM_ANCHORS = 3
+# Convolutions with fewer output channels stay NCHW under channels_last (YOLOv3.use_channels_last).
+CHANNELS_LAST_MIN = 16
 
 
 def scale_channels(channels: int, width: float) -> int:
@@ -188,6 +190,28 @@ class YOLOv3(nn.Module):
         for head in self.layers:
             if isinstance(head, ScalePrediction):
                 head.init_objectness_bias(prior)
+
+    def use_channels_last(self, enabled: bool = True, min_channels: int = CHANNELS_LAST_MIN) -> None:
+        """Lay out the weights of convolutions with at least `min_channels` output channels
+        in NHWC (channels_last), the others in NCHW; enabled=False puts every weight in NCHW.
+
+        Activations follow the weights (a convolution with NHWC weights gives NHWC output,
+        BatchNorm and LeakyReLU keep their input's layout), so only the first convolution's
+        layout decides the input's (`first_layer_channels_last`). Why not all NHWC: on the
+        CPU, PyTorch's NHWC BatchNorm vectorises over channels and is 3-5x slower than NCHW
+        at 4-8 channels, which only reduced widths have (bench/train_throughput.py); at
+        width >= 0.5 every layer has 16 or more channels and the whole model is NHWC.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nhwc = enabled and module.out_channels >= min_channels
+                fmt = torch.channels_last if nhwc else torch.contiguous_format
+                module.weight.data = module.weight.data.contiguous(memory_format=fmt)
+
+    @property
+    def first_layer_channels_last(self) -> bool:
+        """Whether the first convolution's weight is NHWC (then the input should be too)."""
+        return self.layers[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: (B, 3, S, S) float, S a multiple of 32 -> three (B, 3, S/stride, S/stride, 5+C) tensors."""
