@@ -23,6 +23,36 @@ def test_collate_targets_are_normalised_cxcywh_with_image_index():
         [2, 1, 62 / 64, 4 / 64, 4 / 64, 8 / 64],
     ])
     torch.testing.assert_close(batch["targets"], expected)
+    # per-image fields come back image by image, an image without boxes included
+    for key in ("boxes", "labels", "difficult"):
+        assert len(batch[key]) == 3
+        for got, item in zip(batch[key], items):
+            assert got.dtype == item[key].dtype and torch.equal(got, item[key])
+
+
+class _Items(torch.utils.data.Dataset):
+    """Images with 0-3 boxes each, for the loader test below."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        n = i % 4
+        return {"image": torch.full((3, 32, 32), i, dtype=torch.uint8),
+                "boxes": torch.arange(4 * n, dtype=torch.float32).reshape(n, 4) + i,
+                "labels": torch.full((n,), i), "difficult": torch.arange(n) % 2 == 1,
+                "path": f"{i}.jpg", "orig_size": (32, 32), "letterbox": (1.0, 1.0, 0.0, 0.0)}
+
+
+def test_collate_in_worker_processes_gives_the_same_batches():
+    data = _Items()
+    batches = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    same = torch.utils.data.DataLoader(data, batch_sampler=batches, collate_fn=collate)
+    workers = torch.utils.data.DataLoader(data, batch_sampler=batches, collate_fn=collate, num_workers=2)
+    for a, b in zip(same, workers, strict=True):
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["targets"], b["targets"])
+        for key in ("boxes", "labels", "difficult"):
+            assert all(torch.equal(x, y) for x, y in zip(a[key], b[key], strict=True))
 
 
 def test_train_sampler_is_seeded_and_shards_are_disjoint():

@@ -17,7 +17,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from yolov3.boxes import xyxy_to_cxcywh
 from yolov3.constants import VOC_CLASSES
@@ -135,11 +135,18 @@ class _Loaded(Sequence):
         return self.dataset._sample(index)
 
 
+def _per_image(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The same tensors, as views of one concatenated tensor (split along dim 0)."""
+    return list(torch.cat(tensors).split([len(t) for t in tensors]))
+
+
 def collate(items: list[dict]) -> dict:
     """Stack a batch. "targets" is (M, 6): image index, class, cx, cy, w, h as fractions of
     the batch's image size, the format build_targets takes."""
     with timing.stage("collate"):
-        images = torch.stack([it["image"] for it in items])
+        # default_collate stacks straight into shared memory in a worker process, so the batch
+        # is not copied again on its way to the training process
+        images = default_collate([it["image"] for it in items])
     size_h, size_w = images.shape[-2:]
     with timing.stage("targets"):
         rows = []
@@ -153,9 +160,11 @@ def collate(items: list[dict]) -> dict:
     return {
         "images": images,
         "targets": targets,
-        "boxes": [it["boxes"] for it in items],
-        "labels": [it["labels"] for it in items],
-        "difficult": [it["difficult"] for it in items],
+        # per-image views of one tensor each: a worker then passes 3 shared-memory blocks to
+        # the training process instead of 3 per image
+        "boxes": _per_image([it["boxes"] for it in items]),
+        "labels": _per_image([it["labels"] for it in items]),
+        "difficult": _per_image([it["difficult"] for it in items]),
         "paths": [it["path"] for it in items],
         "indices": torch.tensor([it.get("index", -1) for it in items], dtype=torch.long),
         "orig_sizes": torch.tensor([it["orig_size"] for it in items]),
@@ -392,11 +401,12 @@ class YoloDataModule(L.LightningDataModule):
                                     mosaic_epochs=mosaic_epochs, position=self._train_position)
         seed = stream_seed(self.seed, rank)
         self.train_set.transform.set_seed(seed)  # used as is when num_workers is 0
-        if self.num_workers == 0:
-            # The loader's work then runs between training steps in this process, on cores
-            # torch's own threads use: OpenCV's thread pool only adds hand-offs (2-core AMD
-            # EPYC, batches of 8 at 192 px: 32 -> 22 ms; 416 px, batch 16: 158-162 -> 164-172 img/s).
-            cv2.setNumThreads(1)
+        # One OpenCV thread, set here so that worker processes inherit it (calling it inside a
+        # forked worker can hang on the parent's thread pool). The parallelism is across
+        # processes; in the training process (num_workers 0) the loader's work runs between
+        # steps on the cores torch's threads use. Measured on the 2-core AMD EPYC: demo batches
+        # of 8 at 192 px 32 -> 22 ms in-process; 416 px, batch 16, 2 workers 224 -> 257 img/s.
+        cv2.setNumThreads(1)
         return self._loader(self.train_set, sampler, seed)
 
     def _train_position(self) -> tuple[int, int] | None:
