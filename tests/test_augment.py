@@ -75,3 +75,73 @@ def test_train_transform_reproducible_with_seed():
 def test_invalid_augment_config_is_refused(field, value):
     with pytest.raises(ValueError, match=field):
         AugmentConfig(**{field: value})
+
+
+# --- colour jitter: the one-pass matrix against the steps applied one by one ---------------
+
+def _reference_jitter(image: np.ndarray, factors: dict, order: list) -> np.ndarray:
+    """Each op's definition applied in turn to float pixels, slowly and literally."""
+    x = image.astype(np.float64)
+    luma = np.array([0.299, 0.587, 0.114])
+    for op in order:
+        f = factors[op]
+        if op == "brightness":
+            x = f * x
+        elif op == "contrast":
+            x = f * x + (1 - f) * (x @ luma).mean()
+        elif op == "saturation":
+            x = f * x + (1 - f) * (x @ luma)[..., None]
+        elif op == "hue":
+            # Rodrigues' rotation of every pixel vector about the grey axis
+            k = np.ones(3) / np.sqrt(3)
+            t = 2 * np.pi * f
+            x = x * np.cos(t) + np.cross(k, x) * np.sin(t) + np.outer(x @ k, k).reshape(x.shape) * (1 - np.cos(t))
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_colour_jitter_matrix_equals_the_steps_in_turn(seed):
+    import cv2
+
+    from yolov3.data.augment import JITTER_OPS, colour_jitter_matrix
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    factors = {"brightness": rng.uniform(0.5, 1.5), "contrast": rng.uniform(0.5, 1.5),
+               "saturation": rng.uniform(0, 2), "hue": rng.uniform(-0.5, 0.5)}
+    order = [JITTER_OPS[i] for i in rng.permutation(4)]
+    matrix = colour_jitter_matrix(factors, order, image.reshape(-1, 3).mean(0))
+    got = cv2.transform(image, matrix.astype(np.float32))
+    want = _reference_jitter(image, factors, order)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # float32 matrix, rounding
+
+
+def test_colour_jitter_ops_do_what_their_names_say():
+    from yolov3.data.augment import colour_jitter_matrix
+
+    grey = np.array([90.0, 90.0, 90.0])
+    red = np.array([200.0, 40.0, 40.0])
+
+    def apply(op, f, rgb, mean=None):
+        m = colour_jitter_matrix({op: f}, [op], rgb if mean is None else mean)
+        return m[:, :3] @ rgb + m[:, 3]
+
+    np.testing.assert_allclose(apply("brightness", 0.0, red), 0.0)
+    np.testing.assert_allclose(apply("saturation", 0.0, red), np.full(3, red @ [0.299, 0.587, 0.114]))
+    np.testing.assert_allclose(apply("contrast", 0.0, red, mean=grey), grey)  # all pixels -> the mean luma
+    np.testing.assert_allclose(apply("hue", 0.23, grey), grey)  # greys have no hue to turn
+    np.testing.assert_allclose(apply("hue", 1 / 3, red), [40, 200, 40], atol=1e-9)  # a third: R -> G -> B -> R
+    np.testing.assert_allclose(apply("hue", 1.0, red), red, atol=1e-9)  # a full turn
+    with pytest.raises(ValueError, match="unknown colour jitter op"):
+        colour_jitter_matrix({"gamma": 1.2}, ["gamma"], grey)
+
+
+def test_colour_jitter_draws_within_the_configured_ranges():
+    from yolov3.data.augment import AugmentConfig, colour_jitter
+
+    image = np.full((8, 8, 3), 100, dtype=np.uint8)
+    cfg = AugmentConfig(brightness=0.3, contrast=0.0, saturation=0.0, hue=0.0)
+    values = {int(colour_jitter(image, np.random.default_rng(s), cfg)[0, 0, 0]) for s in range(200)}
+    assert min(values) >= 70 and max(values) <= 130 and max(values) - min(values) > 40
+    off = AugmentConfig(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+    assert colour_jitter(image, np.random.default_rng(0), off) is image

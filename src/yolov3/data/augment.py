@@ -14,8 +14,8 @@ Training samples are made in one of two ways, chosen per sample at random:
 - single image: letterboxed to S x S, then (probability `affine_prob`) the same kind of
   random affine with its own scale range.
 
-Both then get the horizontal flip and the photometric set (colour jitter, and blur /
-grayscale / CLAHE at low probability, from albumentations). The geometric part is ours
+Both then get the horizontal flip, the colour jitter (ours: one affine colour transform,
+`colour_jitter`) and blur / grayscale / CLAHE at low probability (albumentations). The geometric part is ours
 because the box rule has to see the whole chain (tile resize, canvas cut, affine, crop)
 to measure how much of each box survives.
 """
@@ -281,13 +281,88 @@ def hflip(sample: Sample, size: int) -> Sample:
     return Sample(np.ascontiguousarray(sample.image[:, ::-1]), boxes, sample.labels, sample.difficult, sample.path)
 
 
+# ITU-R BT.601 luma weights (R, G, B): the grey that contrast and saturation blend towards,
+# as in torchvision's and albumentations' ColorJitter.
+LUMA = np.array([0.299, 0.587, 0.114])
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+def colour_jitter_matrix(factors: dict[str, float], order: Sequence[str], mean_rgb: np.ndarray) -> np.ndarray:
+    """One (3, 4) affine colour transform equal to the jitter steps applied one after another.
+
+    Each step is affine in RGB, so their product is one matrix applied in a single pass:
+      brightness b:  x -> b x                              (blend with black)
+      contrast c:    x -> c x + (1 - c) m                  (m: mean luma of the image so far)
+      saturation s:  x -> s x + (1 - s) luma(x)            (blend with the pixel's grey)
+      hue h:         rotation by 2 pi h about the grey axis (1, 1, 1)
+    The first three are torchvision's and albumentations' ColorJitter definitions. Hue is a
+    rotation in RGB rather than a shift of HSV hue: close to it for the small shifts used
+    in training (default +-0.015 of the circle), without the HSV round trip that cost most
+    of the jitter's time. Unlike those, intermediate steps are not
+    clipped to [0, 255]; only the result is. The image's mean luma after each step is
+    known in closed form (the mean of an affine image is the affine image of the mean), so
+    `mean_rgb` of the input is all the statistics needed.
+
+    Args:
+        factors: {"brightness", "contrast", "saturation", "hue"} -> factor (hue in turns);
+            an op missing from `factors` is skipped.
+        order: the ops in the order they are applied.
+        mean_rgb: (3,) mean R, G, B of the input image.
+    Returns:
+        (3, 4) float64 matrix M: out = M[:, :3] @ rgb + M[:, 3].
+    """
+    total = np.eye(4)
+    mean = np.append(np.asarray(mean_rgb, dtype=np.float64), 1.0)
+    for op in order:
+        if op not in factors:
+            continue
+        f = factors[op]
+        step = np.eye(4)
+        if op == "brightness":
+            step[:3, :3] *= f
+        elif op == "contrast":
+            step[:3, :3] *= f
+            step[:3, 3] = (1.0 - f) * (LUMA @ mean[:3])
+        elif op == "saturation":
+            step[:3, :3] = f * np.eye(3) + (1.0 - f) * np.outer(np.ones(3), LUMA)
+        elif op == "hue":
+            k = np.ones(3) / math.sqrt(3.0)
+            theta = 2.0 * math.pi * f
+            cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+            step[:3, :3] = math.cos(theta) * np.eye(3) + math.sin(theta) * cross + (1 - math.cos(theta)) * np.outer(k, k)
+        else:
+            raise ValueError(f"unknown colour jitter op {op!r}; expected one of {JITTER_OPS}")
+        total = step @ total
+        mean = step @ mean
+    return total[:3]
+
+
+def colour_jitter(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """Random brightness, contrast, saturation and hue (ranges of `config`, ops in random
+    order, as ColorJitter draws them), applied to an (H, W, 3) uint8 RGB image in one pass
+    of cv2.transform (rounded and saturated to uint8). 0.16 ms at 416 x 416 on the 2-core
+    AMD EPYC against 1.9 ms for albumentations' ColorJitter with HSV hue (bench/data_pipeline.py)."""
+    c = config
+    factors = {}
+    for op, strength in (("brightness", c.brightness), ("contrast", c.contrast), ("saturation", c.saturation)):
+        if strength > 0:
+            factors[op] = float(rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength))
+    if c.hue > 0:
+        factors["hue"] = float(rng.uniform(-c.hue, c.hue))
+    if not factors:
+        return image
+    order = [JITTER_OPS[i] for i in rng.permutation(len(JITTER_OPS))]
+    mean_rgb = np.array(cv2.mean(image)[:3])
+    return cv2.transform(image, colour_jitter_matrix(factors, order, mean_rgb).astype(np.float32))
+
+
 class TrainTransform:
     """The training augmentation: mosaic or single-image geometry, then flip and colour.
 
     Call as transform(sample, size, pool): `pool` is the sequence the three other mosaic
     images are drawn from (the training set); without it no mosaic is made. All choices
-    (mosaic or not, partners, affine, flip) come from one numpy Generator, and the
-    photometric set from albumentations' own seeded generator; `set_seed` re-seeds both
+    (mosaic or not, partners, affine, flip, colour jitter) come from one numpy Generator,
+    blur / grayscale / CLAHE from albumentations' own seeded generator; `set_seed` re-seeds both
     (the DataModule calls it once per DataLoader worker, so workers differ but a run is
     reproducible).
     """
@@ -297,7 +372,6 @@ class TrainTransform:
         c = self.config
         self.photometric = A.Compose(
             [
-                A.ColorJitter(c.brightness, c.contrast, c.saturation, c.hue, p=c.jitter_prob),
                 A.Blur(blur_limit=(3, 5), p=c.blur_prob),
                 A.ToGray(num_output_channels=3, p=c.gray_prob),
                 A.CLAHE(p=c.clahe_prob),
@@ -328,7 +402,10 @@ class TrainTransform:
             with timing.stage("mosaic/affine"):
                 out = hflip(out, size)
         with timing.stage("colour"):
-            image = np.ascontiguousarray(self.photometric(image=out.image)["image"])
+            image = out.image
+            if rng.random() < c.jitter_prob:
+                image = colour_jitter(image, rng, c)
+            image = np.ascontiguousarray(self.photometric(image=image)["image"])
         return Sample(image, out.boxes, out.labels, out.difficult, out.path)
 
 
