@@ -466,6 +466,9 @@ def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "g
     paths = expand_sources(sources)
     detector = Detector.load(weights, size=size, conf_threshold=conf, iou_threshold=iou,
                              max_detections=max_detections, device=device)
+    if detector.backend != "torch":
+        raise ValueError(f"{weights}: Grad-CAM and EigenCAM need gradients and the network's feature maps, "
+                         f"which {detector.backend} does not give; use the .ckpt or .safetensors weights")
     resolve_layer(detector.model, layer)  # a bad name fails before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ def _detect(args: argparse.Namespace) -> None:
     try:
         summary = run_detect(args.sources, args.weights, args.out, conf=args.conf, iou=args.iou, size=args.size,
                              device=args.device, batch_size=args.batch, max_detections=args.max_det,
-                             skip_bad=args.skip_bad, draw=not args.no_draw,
+                             skip_bad=args.skip_bad, draw=not args.no_draw, backend=args.backend,
                              **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
     except (FileNotFoundError, DataError, ValueError) as exc:
         raise SystemExit(f"yolov3 detect: {exc}") from None
@@ -167,16 +167,25 @@ def _cam(args: argparse.Namespace) -> None:
               f"try --layer head or backbone")
 
 
+EXPORT_SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx"}
+
+
 def _export(args: argparse.Namespace) -> None:
     from yolov3.detector import Detector
 
+    fmt = args.format or EXPORT_SUFFIXES.get(Path(args.out).suffix)
+    if fmt is None:
+        raise SystemExit(f"yolov3 export: {args.out}: name the file .safetensors or .onnx, or pass --format")
     try:
         detector = Detector.load(args.weights)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "onnx":
+            detector.save_onnx(args.out)
+        else:
+            detector.save_safetensors(args.out)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"yolov3 export: {exc}") from None
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    detector.save_safetensors(args.out)
-    print(f"wrote {args.out} ({detector.model.num_classes} classes, width {detector.model.width})")
+    print(f"wrote {args.out} ({fmt}; {detector.model.num_classes} classes, width {detector.model.width})")
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -229,6 +238,9 @@ def _app(args: argparse.Namespace) -> None:
         examples = find_examples(args.examples)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"yolov3 app: {exc}") from None
+    if detector.backend != "torch":
+        raise SystemExit(f"yolov3 app: {weights}: the app does not serve {detector.backend} weights yet "
+                         "(its explanations need the torch weights); pass the .ckpt or .safetensors file")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("the app listens on %s: anyone who can reach this machine can use it", args.host)
     print(f"weights {weights}; {len(examples)} example images; serving on http://{args.host}:{args.port} "
@@ -240,7 +252,7 @@ def _app(args: argparse.Namespace) -> None:
 def _add_detector_args(p: argparse.ArgumentParser, weights_required: bool = True) -> None:
     """The options every command that runs a Detector takes."""
     p.add_argument("--weights", required=weights_required,
-                   help="a .ckpt checkpoint or a .safetensors export"
+                   help="a .ckpt checkpoint, or a .safetensors or .onnx export"
                         + ("" if weights_required else " (default: the demo's runs/demo/checkpoints/best.ckpt)"))
     p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=None,
@@ -296,6 +308,9 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--no-draw", action="store_true", help="write only detections.json")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels than this (default 40,000,000, as the app)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                   help="what runs the network (default: onnxruntime for .onnx weights, else torch; "
+                        "onnxruntime with torch weights exports them in memory first)")
 
     p = sub.add_parser("cam", help="Grad-CAM / Grad-CAM++ per detection and EigenCAM per image",
                        description="One overlay per detection (its own map, its box drawn), one EigenCAM "
@@ -321,9 +336,12 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--concurrency", type=int, default=1, help="requests run at once (default 1)")
     p.add_argument("--max-queue", type=int, default=16, help="requests that may wait (default 16)")
 
-    p = sub.add_parser("export", help="write a checkpoint's weights as one .safetensors file (loads without pickle)")
-    p.add_argument("--weights", required=True, help="a .ckpt checkpoint")
-    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p = sub.add_parser("export", help="write a checkpoint's weights as one .safetensors file (loads without "
+                                      "pickle) or as an ONNX model (opset 17, dynamic batch and size)")
+    p.add_argument("--weights", required=True, help="a .ckpt checkpoint or a .safetensors export")
+    p.add_argument("--out", required=True, help="the file to write (.safetensors or .onnx)")
+    p.add_argument("--format", choices=("safetensors", "onnx"), default=None,
+                   help="default: from the --out suffix")
     return parser, {"summary": _summary, "synth": _synth, "demo": _demo, "show-batch": _show_batch,
                     "detect": _detect, "export": _export, "cam": _cam, "app": _app}
 

@@ -159,7 +159,8 @@ def _check_images(paths: Sequence[Path], max_pixels: int) -> list[int | DataErro
 
 def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float = 0.25, iou: float | None = None,
                size: int | None = None, device: str = "cpu", batch_size: int = 8, max_detections: int | None = None,
-               skip_bad: bool = False, draw: bool = True, max_pixels: int = MAX_PIXELS) -> dict:
+               skip_bad: bool = False, draw: bool = True, max_pixels: int = MAX_PIXELS,
+               backend: str | None = None) -> dict:
     """Detect objects in every source image; write annotated copies and detections.json.
 
     detections.json is COCO results format (a list of {"image_id", "category_id", "bbox"
@@ -213,6 +214,8 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
 
     detector = Detector.load(weights, size=size, conf_threshold=conf, iou_threshold=iou,
                              max_detections=max_detections, device=device)
+    if backend is not None:
+        detector = detector.with_backend(backend)
     created = _make_output_dir(out)
     names = _output_names(paths)
     results, per_image = [], []

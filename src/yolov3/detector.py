@@ -74,9 +74,10 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | Path, **kwargs) -> Detector:
-        """Load weights from a Lightning checkpoint (.ckpt) or a safetensors export (.safetensors).
+        """Load weights from a Lightning checkpoint (.ckpt), a safetensors export (.safetensors)
+        or an ONNX export (.onnx, run by ONNX Runtime: see from_onnx).
 
-        Neither can run code: checkpoints go through torch.load(weights_only=True).
+        None can run code: checkpoints go through torch.load(weights_only=True).
         A setting left out or given as None takes what the weights say, when they say it
         (checkpoints of this project's training and their exports do): size -> the size they
         were evaluated at (else DEFAULT_SIZE); score_mode, iou_threshold, max_detections ->
@@ -87,6 +88,8 @@ class Detector:
             raise FileNotFoundError(f"{path}: weights file not found (train with `make demo` or `yolov3 fit`)")
         if path.suffix == ".safetensors":
             return cls.from_safetensors(path, **kwargs)
+        if path.suffix == ".onnx":
+            return cls.from_onnx(path, **kwargs)
         return cls.from_checkpoint(path, **kwargs)
 
     @classmethod
@@ -118,15 +121,61 @@ class Detector:
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
-        if "width" not in meta or "class_names" not in meta:
-            raise ValueError(f"{path}: safetensors file without this project's metadata (width, class_names)")
-        names = json.loads(meta["class_names"])
-        model = YOLOv3(num_classes=len(names), width=float(meta["width"]))
+        data = _data_from_metadata(meta, path, "safetensors")
+        model = YOLOv3(num_classes=len(data["class_names"]), width=data["width"])
         anchors = tensors.pop("anchors", None)
         model.load_state_dict(tensors)
-        keys = ("image_size", "train_sizes", *EVAL_SETTINGS.values())
-        data = {"class_names": names, **{k: json.loads(meta[k]) for k in keys if k in meta}}
         return cls._with_data_defaults(model, anchors, path, data, kwargs)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, threads: int | None = None, **kwargs) -> Detector:
+        """Load an export written by save_onnx; the network runs in ONNX Runtime on the CPU
+        (`threads`: its intra-op threads, default one per core). Pre- and post-processing
+        are the torch backend's. Raises ValueError for a file that is not such an export."""
+        from yolov3.onnx_backend import OnnxNetwork, read_metadata
+
+        meta = read_metadata(path)
+        data = _data_from_metadata(meta, path, "ONNX")
+        network = OnnxNetwork(path, len(data["class_names"]), data["width"], threads=threads)
+        anchors = torch.tensor(json.loads(meta["anchors"]), dtype=torch.float32) if "anchors" in meta else None
+        return cls._with_data_defaults(network, anchors, path, data, kwargs)
+
+    @property
+    def backend(self) -> str:
+        """"torch" or "onnxruntime": what runs the network."""
+        return getattr(self.model, "backend", "torch")
+
+    def metadata(self) -> dict[str, str]:
+        """What an export records besides the weights, as strings (JSON values)."""
+        return {"width": str(self.model.width), "class_names": json.dumps(list(self.class_names)),
+                "image_size": json.dumps(self.size), "train_sizes": json.dumps(list(self.train_sizes)),
+                "score_mode": json.dumps(self.score_mode), "iou_threshold": json.dumps(self.iou_threshold),
+                "max_detections": json.dumps(self.max_detections), "format": "yolov3 detector v1"}
+
+    def save_onnx(self, path: str | Path | None = None) -> bytes:
+        """Export the network to ONNX (opset 17, dynamic batch and size; yolov3.onnx_backend)
+        with this detector's metadata and anchors; writes `path` when given and returns the
+        bytes. Needs the torch backend (the weights)."""
+        from yolov3.onnx_backend import export_onnx
+
+        if self.backend != "torch":
+            raise ValueError(f"export needs the torch weights; this detector runs {self.backend} ({self.source})")
+        meta = {**self.metadata(), "anchors": json.dumps(self.anchors.detach().cpu().tolist())}
+        return export_onnx(self.model, meta, path)
+
+    def with_backend(self, backend: str, threads: int | None = None) -> Detector:
+        """This detector on another backend ("torch" or "onnxruntime"), same settings. Going
+        to onnxruntime exports the network in memory (a few seconds); going back to torch
+        needs the weights, so it is only possible from a torch detector."""
+        if backend == self.backend:
+            return self
+        if backend != "onnxruntime":
+            raise ValueError(f"cannot go from {self.backend} to {backend!r}: load the .ckpt or .safetensors weights")
+        from yolov3.onnx_backend import OnnxNetwork
+
+        network = OnnxNetwork(self.save_onnx(), self.model.num_classes, self.model.width, threads=threads)
+        return Detector(network, self.anchors.cpu(), self.class_names, self.size, self.conf_threshold,
+                        self.iou_threshold, self.max_detections, "cpu", self.score_mode, self.source, self.train_sizes)
 
     @classmethod
     def _with_data_defaults(cls, model: YOLOv3, anchors, path: Path, data: dict, kwargs: dict) -> Detector:
@@ -148,13 +197,11 @@ class Detector:
         settings (score mode, NMS IoU, detections per image) as one safetensors file."""
         from safetensors.torch import save_file
 
+        if self.backend != "torch":
+            raise ValueError(f"export needs the torch weights; this detector runs {self.backend} ({self.source})")
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tensors["anchors"] = self.anchors.detach().cpu().contiguous()
-        meta = {"width": str(self.model.width), "class_names": json.dumps(list(self.class_names)),
-                "image_size": json.dumps(self.size), "train_sizes": json.dumps(list(self.train_sizes)),
-                "score_mode": json.dumps(self.score_mode), "iou_threshold": json.dumps(self.iou_threshold),
-                "max_detections": json.dumps(self.max_detections), "format": "yolov3 detector v1"}
-        save_file(tensors, str(path), metadata=meta)
+        save_file(tensors, str(path), metadata=self.metadata())
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[Letterbox]]:
         """images: list of (H, W, 3) uint8 RGB -> (B, 3, S, S) float in [0, 1] on the
@@ -194,3 +241,17 @@ class Detector:
         dets = postprocess(outputs, self.anchors, (self.size, self.size), self.conf_threshold,
                            self.iou_threshold, self.max_detections, self.score_mode)
         return [self.to_original(det, info, img.shape) for det, info, img in zip(dets, infos, images)]
+
+
+def _data_from_metadata(meta: dict[str, str], path, kind: str) -> dict:
+    """An export's metadata -> width, class names and the sizes / settings it records.
+    Raises ValueError naming the file if this project's keys are missing or unreadable."""
+    if "width" not in meta or "class_names" not in meta:
+        raise ValueError(f"{path}: {kind} file without this project's metadata (width, class_names)")
+    try:
+        data = {"width": float(meta["width"]), "class_names": json.loads(meta["class_names"])}
+        keys = ("image_size", "train_sizes", *EVAL_SETTINGS.values())
+        data.update({k: json.loads(meta[k]) for k in keys if k in meta})
+    except ValueError as exc:
+        raise ValueError(f"{path}: unreadable metadata in this {kind} file ({exc})") from None
+    return data
