@@ -83,9 +83,11 @@ def test_with_backend_exports_in_memory(trained_weights):
     images = held_out(4, seed=5)
     for ref, got in zip(torch_det(images), onnx_det(images)):
         np.testing.assert_allclose(got, ref, atol=1e-3)
-    with pytest.raises(ValueError, match="cannot go from onnxruntime"):
+    onnx_file = Detector.load(onnx_det.source) if onnx_det.source.endswith(".onnx") else None
+    assert onnx_file is None  # in memory: the source is still the torch weights' path
+    with pytest.raises(ValueError, match="cannot run on the torch backend"):
         onnx_det.with_backend("torch")
-    with pytest.raises(ValueError, match="needs the torch weights"):
+    with pytest.raises(ValueError, match="exporting needs torch weights"):
         onnx_det.save_onnx()
 
 
@@ -116,6 +118,22 @@ def test_cli_export_rejects_an_unknown_suffix(trained_weights, tmp_path):
 
     with pytest.raises(SystemExit, match="name the file .safetensors or .onnx"):
         main(["export", "--weights", str(trained_weights), "--out", str(tmp_path / "m.bin")])
+
+
+def test_exports_load_as_what_they_are_whatever_their_name(trained_weights, onnx_weights, tmp_path):
+    import shutil
+
+    from yolov3.cli import main
+    from yolov3.detector import weights_format
+
+    main(["export", "--weights", str(trained_weights), "--out", str(tmp_path / "m.bin"), "--format", "onnx"])
+    main(["export", "--weights", str(trained_weights), "--out", str(tmp_path / "st.onnx"), "--format", "safetensors"])
+    main(["export", "--weights", str(trained_weights), "--out", str(tmp_path / "upper.ONNX")])
+    shutil.copy(onnx_weights, tmp_path / "noext")
+    assert weights_format(tmp_path / "m.bin") == "onnx" and Detector.load(tmp_path / "m.bin").backend == "onnxruntime"
+    assert weights_format(tmp_path / "st.onnx") == "safetensors" and Detector.load(tmp_path / "st.onnx").backend == "torch"
+    assert weights_format(tmp_path / "upper.ONNX") == "onnx" and weights_format(tmp_path / "noext") == "onnx"
+    assert weights_format(trained_weights) == "safetensors"
 
 
 def test_cam_refuses_onnx_weights_with_a_reason(onnx_weights, shape_images, tmp_path):

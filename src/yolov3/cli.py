@@ -173,7 +173,7 @@ EXPORT_SUFFIXES = {".safetensors": "safetensors", ".onnx": "onnx"}
 def _export(args: argparse.Namespace) -> None:
     from yolov3.detector import Detector
 
-    fmt = args.format or EXPORT_SUFFIXES.get(Path(args.out).suffix)
+    fmt = args.format or EXPORT_SUFFIXES.get(Path(args.out).suffix.lower())
     if fmt is None:
         raise SystemExit(f"yolov3 export: {args.out}: name the file .safetensors or .onnx, or pass --format")
     try:

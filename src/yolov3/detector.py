@@ -85,10 +85,12 @@ class Detector:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: weights file not found (train with `make demo` or `yolov3 fit`)")
-        if path.suffix == ".safetensors":
+            raise FileNotFoundError(f"{path}: weights file not found (train with `make demo` or `yolov3 fit`; "
+                                    "`yolov3 export` writes .safetensors and .onnx files from a checkpoint)")
+        kind = weights_format(path)
+        if kind == "safetensors":
             return cls.from_safetensors(path, **kwargs)
-        if path.suffix == ".onnx":
+        if kind == "onnx":
             return cls.from_onnx(path, **kwargs)
         return cls.from_checkpoint(path, **kwargs)
 
@@ -159,7 +161,8 @@ class Detector:
         from yolov3.onnx_backend import export_onnx
 
         if self.backend != "torch":
-            raise ValueError(f"export needs the torch weights; this detector runs {self.backend} ({self.source})")
+            raise ValueError(f"{self.source}: exporting needs torch weights and this is an {self.backend} export; "
+                             "export from the .ckpt or .safetensors file")
         meta = {**self.metadata(), "anchors": json.dumps(self.anchors.detach().cpu().tolist())}
         return export_onnx(self.model, meta, path)
 
@@ -170,7 +173,8 @@ class Detector:
         if backend == self.backend:
             return self
         if backend != "onnxruntime":
-            raise ValueError(f"cannot go from {self.backend} to {backend!r}: load the .ckpt or .safetensors weights")
+            raise ValueError(f"{self.source}: an {self.backend} export cannot run on the {backend} backend "
+                             "(it holds no torch weights); load the .ckpt or .safetensors weights")
         from yolov3.onnx_backend import OnnxNetwork
 
         network = OnnxNetwork(self.save_onnx(), self.model.num_classes, self.model.width, threads=threads)
@@ -198,7 +202,8 @@ class Detector:
         from safetensors.torch import save_file
 
         if self.backend != "torch":
-            raise ValueError(f"export needs the torch weights; this detector runs {self.backend} ({self.source})")
+            raise ValueError(f"{self.source}: exporting needs torch weights and this is an {self.backend} export; "
+                             "export from the .ckpt or .safetensors file")
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tensors["anchors"] = self.anchors.detach().cpu().contiguous()
         save_file(tensors, str(path), metadata=self.metadata())
@@ -255,3 +260,21 @@ def _data_from_metadata(meta: dict[str, str], path, kind: str) -> dict:
     except ValueError as exc:
         raise ValueError(f"{path}: unreadable metadata in this {kind} file ({exc})") from None
     return data
+
+
+def weights_format(path: str | Path) -> str:
+    """"checkpoint", "safetensors" or "onnx", from the file's first bytes (so a file named
+    otherwise still loads as what it is), else from its suffix: torch checkpoints are zip
+    archives ("PK") or, in the legacy format, pickles (0x80); a safetensors file starts with
+    an 8-byte header length and then '{'; an ONNX model is a protobuf whose first field is
+    ir_version (0x08)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "checkpoint"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x08":
+        return "onnx"
+    return {".safetensors": "safetensors", ".onnx": "onnx"}.get(path.suffix.lower(), "checkpoint")
