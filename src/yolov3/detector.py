@@ -67,10 +67,17 @@ class Detector:
         For callers that change settings per request (the app): each request gets its own
         Detector, so concurrent requests never see each other's settings.
         """
-        return Detector(self.model, self.anchors, self.class_names, size or self.size,
-                        self.conf_threshold if conf_threshold is None else conf_threshold,
-                        self.iou_threshold if iou_threshold is None else iou_threshold,
-                        self.max_detections, self.device, self.score_mode, self.source, self.train_sizes)
+        return self._replace(size=size or self.size,
+                             conf_threshold=self.conf_threshold if conf_threshold is None else conf_threshold,
+                             iou_threshold=self.iou_threshold if iou_threshold is None else iou_threshold)
+
+    def _replace(self, **changes) -> Detector:
+        """A new Detector with this one's arguments, `changes` replacing some of them."""
+        args = dict(model=self.model, anchors=self.anchors, class_names=self.class_names, size=self.size,
+                    conf_threshold=self.conf_threshold, iou_threshold=self.iou_threshold,
+                    max_detections=self.max_detections, device=self.device, score_mode=self.score_mode,
+                    source=self.source, train_sizes=self.train_sizes)
+        return Detector(**{**args, **changes})
 
     @classmethod
     def load(cls, path: str | Path, **kwargs) -> Detector:
@@ -154,15 +161,19 @@ class Detector:
                 "score_mode": json.dumps(self.score_mode), "iou_threshold": json.dumps(self.iou_threshold),
                 "max_detections": json.dumps(self.max_detections), "format": "yolov3 detector v1"}
 
+    def _require_torch_weights(self) -> None:
+        """Exports write the torch weights; raise ValueError (naming the file) without them."""
+        if self.backend != "torch":
+            raise ValueError(f"{self.source}: exporting needs torch weights and this is an {self.backend} export; "
+                             "export from the .ckpt or .safetensors file")
+
     def save_onnx(self, path: str | Path | None = None) -> bytes:
         """Export the network to ONNX (opset 17, dynamic batch and size; yolov3.onnx_backend)
         with this detector's metadata and anchors; writes `path` when given and returns the
         bytes. Needs the torch backend (the weights)."""
         from yolov3.onnx_backend import export_onnx
 
-        if self.backend != "torch":
-            raise ValueError(f"{self.source}: exporting needs torch weights and this is an {self.backend} export; "
-                             "export from the .ckpt or .safetensors file")
+        self._require_torch_weights()
         meta = {**self.metadata(), "anchors": json.dumps(self.anchors.detach().cpu().tolist())}
         return export_onnx(self.model, meta, path)
 
@@ -178,8 +189,7 @@ class Detector:
         from yolov3.onnx_backend import OnnxNetwork
 
         network = OnnxNetwork(self.save_onnx(), self.model.num_classes, self.model.width, threads=threads)
-        return Detector(network, self.anchors.cpu(), self.class_names, self.size, self.conf_threshold,
-                        self.iou_threshold, self.max_detections, "cpu", self.score_mode, self.source, self.train_sizes)
+        return self._replace(model=network, anchors=self.anchors.cpu(), device="cpu")
 
     @classmethod
     def _with_data_defaults(cls, model: YOLOv3, anchors, path: Path, data: dict, kwargs: dict) -> Detector:
@@ -201,9 +211,7 @@ class Detector:
         settings (score mode, NMS IoU, detections per image) as one safetensors file."""
         from safetensors.torch import save_file
 
-        if self.backend != "torch":
-            raise ValueError(f"{self.source}: exporting needs torch weights and this is an {self.backend} export; "
-                             "export from the .ckpt or .safetensors file")
+        self._require_torch_weights()
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tensors["anchors"] = self.anchors.detach().cpu().contiguous()
         save_file(tensors, str(path), metadata=self.metadata())

@@ -22,14 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from yolov3.model import YOLOv3
+
 OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("head_s32", "head_s16", "head_s8")
 
 
-def export_onnx(model: torch.nn.Module, metadata: dict[str, str], path: str | Path | None = None,
+def export_onnx(model: YOLOv3, metadata: dict[str, str], path: str | Path | None = None,
                 opset: int = OPSET) -> bytes:
-    """Export `model` (a YOLOv3) to ONNX with `metadata` as the model's metadata_props.
+    """Export `model` to ONNX with `metadata` as the model's metadata_props.
 
     Writes `path` when given; returns the serialised model either way. The export runs on a
     float32 NCHW copy on the CPU, so the caller's model is left as it is. Uses the
@@ -40,8 +42,7 @@ def export_onnx(model: torch.nn.Module, metadata: dict[str, str], path: str | Pa
     import onnx
 
     net = copy.deepcopy(model).float().cpu().eval()
-    if hasattr(net, "use_channels_last"):
-        net.use_channels_last(False)
+    net.use_channels_last(False)
     example = torch.zeros(1, 3, 64, 64)
     dynamic = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
     for name, stride in zip(OUTPUT_NAMES, (32, 16, 8)):
