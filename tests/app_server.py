@@ -44,16 +44,27 @@ def app_server_process(weights: str | Path, args: Sequence[str] = (), timeout: f
     """app_server, yielding (URL, the server's process) for those that watch the process
     (its memory, in bench/app_load.py)."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "yolov3", "app", "--weights", str(weights), "--port", str(port), *args]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost"}
+    with server_process(cmd, port, timeout=timeout, log=log) as served:
+        yield served
+
+
+@contextmanager
+def server_process(cmd: Sequence[str], port: int, env: dict | None = None, cwd: Path | None = None,
+                   timeout: float = 120.0, log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `cmd` (a Gradio server that listens on loopback at `port`) until the block ends;
+    yields (its URL, its process). Raises RuntimeError with the server's output if it exits
+    or does not answer in time."""
+    url = f"http://127.0.0.1:{port}"
+    env = {**(os.environ if env is None else env), "GRADIO_ANALYTICS_ENABLED": "False",
+           "NO_PROXY": "127.0.0.1,localhost"}
     out = open(log, "w+") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"`{' '.join(cmd)}` exited with {proc.returncode}: {_read(log)}")
+                raise RuntimeError(f"`{' '.join(map(str, cmd))}` exited with {proc.returncode}: {_read(log)}")
             try:
                 with urllib.request.urlopen(f"{url}/gradio_api/info", timeout=2) as r:
                     if r.status == 200:
@@ -61,7 +72,7 @@ def app_server_process(weights: str | Path, args: Sequence[str] = (), timeout: f
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"`{' '.join(cmd)}` did not answer in {timeout:.0f} s: {_read(log)}")
+                raise RuntimeError(f"`{' '.join(map(str, cmd))}` did not answer in {timeout:.0f} s: {_read(log)}")
             time.sleep(0.5)
         yield url, proc
     finally:

@@ -41,7 +41,7 @@ def trained_detector():
     _FIXTURE["seed"], _FIXTURE["map"] = seed, check_learned(detector, seed)
     # a fingerprint of the weights: it shows whether two runs (kernel settings, machines)
     # trained the same model or another one
-    _FIXTURE["weights"] = sum(float(p.double().abs().sum()) for p in detector.model.parameters())
+    _FIXTURE["weights"] = sum(float(p.detach().double().abs().sum()) for p in detector.model.parameters())
     return detector
 
 

@@ -156,5 +156,58 @@ def test_bad_onnx_files_are_named(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     other = tmp_path / "other.onnx"
     onnx.save(helper.make_model(graph), str(other))
-    with pytest.raises(ValueError, match="other.onnx: ONNX file without this project's metadata"):
+    with pytest.raises(ValueError, match="other.onnx: not an export of this project's YOLOv3"):
         Detector.load(other)
+    # this project's network without the metadata a Detector needs (class names, width)
+    from yolov3.model import YOLOv3
+    from yolov3.onnx_backend import export_onnx
+
+    bare = tmp_path / "bare.onnx"
+    export_onnx(YOLOv3(num_classes=2, width=0.0625), {}, bare)
+    with pytest.raises(ValueError, match="bare.onnx: ONNX file without this project's metadata"):
+        Detector.load(bare)
+
+
+def test_the_app_serves_onnx_weights_and_says_what_needs_torch(trained_weights, onnx_weights, shape_images):
+    from yolov3.app import CAM_GRAD, DetectorApp, UploadError
+
+    image = str(shape_images[0])
+    ref = DetectorApp(Detector.load(trained_weights)).predict(image, conf=0.3)
+    onnx_app = DetectorApp(Detector.load(onnx_weights))
+    got = onnx_app.predict(image, conf=0.3)
+    assert len(ref.detections) >= 1 and got.detections.shape == ref.detections.shape
+    np.testing.assert_allclose(got.detections, ref.detections, atol=1e-3)
+    with pytest.raises(UploadError, match="explanations need the torch backend"):
+        onnx_app.predict(image, conf=0.3, cam=CAM_GRAD)
+    info = onnx_app.info()
+    assert "onnxruntime (fp32)" in info and "no explanations" in info and "ONNX export" in info
+    # detections from ONNX Runtime, explanations from the torch weights (`yolov3 app --backend onnxruntime`)
+    torch_det = Detector.load(trained_weights)
+    mixed = DetectorApp(torch_det.with_backend("onnxruntime"), explainer=torch_det)
+    explained = mixed.predict(image, conf=0.3, cam=CAM_GRAD)
+    assert explained.cam is not None and len(explained.detections) == len(ref.detections)
+    assert "explanations on torch" in mixed.info() and "onnxruntime" in mixed.info()
+    with pytest.raises(ValueError, match="explanations need a torch detector"):
+        DetectorApp(torch_det, explainer=Detector.load(onnx_weights))
+
+
+@pytest.mark.parametrize("weights, backend, served, explains", [
+    ("torch", "onnxruntime", "onnxruntime", True), ("onnx", None, "onnxruntime", False), ("torch", None, "torch", True),
+])
+def test_yolov3_app_takes_a_backend(trained_weights, onnx_weights, monkeypatch, weights, backend, served, explains):
+    import yolov3.app
+    from yolov3.cli import main
+
+    started = []
+    monkeypatch.setattr(yolov3.app, "serve", lambda app, **kw: started.append(app))
+    path = trained_weights if weights == "torch" else onnx_weights
+    main(["app", "--weights", str(path), *(["--backend", backend] if backend else [])])
+    (app,) = started
+    assert app.detector.backend == served and (app.explainer is not None) == explains
+
+
+def test_yolov3_app_refuses_torch_backend_for_onnx_weights(onnx_weights):
+    from yolov3.cli import main
+
+    with pytest.raises(SystemExit, match="holds no torch weights"):
+        main(["app", "--weights", str(onnx_weights), "--backend", "torch"])

@@ -46,6 +46,8 @@ SIZE_RANGE = (320, 608, 32)  # input size slider: min, max, step (min reaches do
 CAM_NONE, CAM_GRAD, CAM_EIGEN = "none", "Grad-CAM (one detection)", "EigenCAM (whole image)"
 CAM_CHOICES = (CAM_NONE, CAM_GRAD, CAM_EIGEN)
 TABLE_HEADERS = ["#", "class", "score", "x1", "y1", "x2", "y2"]
+NO_EXPLAINER = ("explanations need the torch backend (Grad-CAM and EigenCAM use the network's gradients and "
+                "feature maps, which {backend} does not give); serve .ckpt or .safetensors weights for them")
 
 
 class UploadError(ValueError):
@@ -160,11 +162,20 @@ class DetectorApp:
             (Detector.configured), which shares the model.
         examples: image files offered as examples on the page.
         max_pixels, max_side: the upload limits (see read_upload).
+        explainer: the torch Detector that explanations run on (Grad-CAM and EigenCAM need
+            gradients and feature maps, which ONNX Runtime does not give). Default: the
+            detector itself when it is a torch one, else none, and the page says that
+            explanations need torch weights.
     """
 
     def __init__(self, detector, examples: Sequence[str | Path] = (), max_pixels: int = MAX_PIXELS,
-                 max_side: int = MAX_SIDE) -> None:
+                 max_side: int = MAX_SIDE, explainer=None) -> None:
         self.detector = detector
+        if explainer is None and detector.backend == "torch":
+            explainer = detector
+        if explainer is not None and explainer.backend != "torch":
+            raise ValueError(f"explanations need a torch detector, not an {explainer.backend} one")
+        self.explainer = explainer
         self.examples = [str(p) for p in examples]
         self.max_pixels, self.max_side = max_pixels, max_side
         lo, hi, step = SIZE_RANGE
@@ -176,17 +187,29 @@ class DetectorApp:
         self._lock = threading.Lock()
 
     def info(self) -> str:
-        """Markdown for the model panel: name, width, parameters, classes, weights' origin."""
+        """Markdown for the model panel: name, width, parameters, classes, weights' origin,
+        backend, and the VOC07 scores an int8 export records."""
+        from yolov3.detector import weights_format
+
         d, m = self.detector, self.detector.model
-        params = sum(p.numel() for p in m.parameters())
+        params = f"{d.num_parameters:,} parameters · " if d.num_parameters else ""
         source = d.source or "(weights given in memory)"
-        kind = ("safetensors export" if source.endswith(".safetensors") else
-                "Lightning checkpoint, read with torch.load(weights_only=True)")
+        kinds = {"safetensors": "safetensors export", "onnx": f"ONNX export, {d.precision}",
+                 "checkpoint": "Lightning checkpoint, read with torch.load(weights_only=True)"}
+        kind = kinds[weights_format(source)] if Path(source).is_file() else "in memory"
         sizes = f"trained at {', '.join(map(str, d.train_sizes))} px, " if d.train_sizes else ""
-        return (f"**YOLOv3** (Darknet-53 backbone, 3 scales) · width {m.width:g} · {params:,} parameters · "
-                f"{sizes}default input {d.size} px · device {d.device}\n\n"
+        runs = f"{d.backend} ({d.precision}) on {d.device}"
+        explain = ("explanations on torch" if self.explainer is not None else
+                   "**no explanations**: Grad-CAM and EigenCAM need the torch weights (.ckpt or .safetensors)")
+        text = (f"**YOLOv3** (Darknet-53 backbone, 3 scales) · width {m.width:g} · {params}"
+                f"{sizes}default input {d.size} px · runs on {runs} · {explain}\n\n"
                 f"**{m.num_classes} classes:** {', '.join(d.class_names)}\n\n"
                 f"**Weights:** `{source}` ({kind})")
+        meta = getattr(m, "metadata", {})
+        if "map_07_int8" in meta:
+            text += (f"\n\n**int8 check:** VOC07 mAP {float(meta['map_07_int8']):.4f} against "
+                     f"{float(meta['map_07_fp32']):.4f} in float32 on {meta.get('eval_split', 'the test split')}")
+        return text
 
     def predict(self, path: str | Path | None, conf: float | None = None, iou: float | None = None,
                 size: int | None = None, cam: str = CAM_NONE, which: int | None = 0,
@@ -205,6 +228,8 @@ class DetectorApp:
 
         if cam not in CAM_CHOICES:
             raise UploadError(f"CAM must be one of {', '.join(CAM_CHOICES)}, not {cam!r}")
+        if cam != CAM_NONE and self.explainer is None:
+            raise UploadError(NO_EXPLAINER.format(backend=self.detector.backend))
         lo, hi, step = self.size_range
         conf = _number(self.detector.conf_threshold if conf is None else conf, "confidence", 0.0, 1.0)
         iou = _number(self.detector.iou_threshold if iou is None else iou, "NMS IoU", 0.0, 1.0)
@@ -228,7 +253,8 @@ class DetectorApp:
                 dets = detector([image])[0]
             else:
                 method = "gradcam" if cam == CAM_GRAD else "eigencam"
-                result = explain(detector, [image], method, "head", eigencam=cam == CAM_EIGEN)[0]
+                explainer = self.explainer.configured(size=size, conf_threshold=float(conf), iou_threshold=float(iou))
+                result = explain(explainer, [image], method, "head", eigencam=cam == CAM_EIGEN)[0]
                 dets = result.detections
         if cam == CAM_EIGEN:
             overlay = render(image, result, names, "eigencam")[0][1]
@@ -316,7 +342,10 @@ class DetectorApp:
                     conf = gr.Slider(0.01, 1.0, value=self.detector.conf_threshold, step=0.01, label="confidence")
                     iou = gr.Slider(0.05, 0.95, value=self.detector.iou_threshold, step=0.05, label="NMS IoU")
                     size = gr.Slider(lo, hi, value=self.detector.size, step=step, label="input size")
-                    cam = gr.Radio(list(CAM_CHOICES), value=CAM_NONE, label="explain (class activation map)")
+                    cam = gr.Radio(list(CAM_CHOICES), value=CAM_NONE, label="explain (class activation map)",
+                                   interactive=self.explainer is not None,
+                                   info=None if self.explainer is not None else NO_EXPLAINER.format(
+                                       backend=self.detector.backend))
                     # a number (the # column of the table), not a dropdown of the detections:
                     # updating a dropdown's choices per request grows the server (see run)
                     which = gr.Number(value=0, precision=0, minimum=0, label="detection to explain (Grad-CAM)",

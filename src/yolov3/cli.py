@@ -176,16 +176,76 @@ def _export(args: argparse.Namespace) -> None:
     fmt = args.format or EXPORT_SUFFIXES.get(Path(args.out).suffix.lower())
     if fmt is None:
         raise SystemExit(f"yolov3 export: {args.out}: name the file .safetensors or .onnx, or pass --format")
+    if args.int8 and fmt != "onnx":
+        raise SystemExit(f"yolov3 export: --int8 writes an ONNX model; {args.out} is a {fmt} file (name it .onnx)")
+    if args.int8 and not args.data:
+        raise SystemExit("yolov3 export: --int8 needs calibration images: --data <dataset root> (its training "
+                         "split calibrates, its test split scores) or --data <image files or folders>")
     try:
         detector = Detector.load(args.weights)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "onnx":
+        if args.int8:
+            report = _export_int8(detector, args)
+        elif fmt == "onnx":
             detector.save_onnx(args.out)
         else:
             detector.save_safetensors(args.out)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # DataError is a ValueError
         raise SystemExit(f"yolov3 export: {exc}") from None
-    print(f"wrote {args.out} ({fmt}; {detector.model.num_classes} classes, width {detector.model.width})")
+    kind = f"{fmt}, int8" if args.int8 else fmt
+    print(f"wrote {args.out} ({kind}; {detector.model.num_classes} classes, width {detector.model.width})")
+    if args.int8:
+        _print_int8(report)
+
+
+def _export_int8(detector, args: argparse.Namespace) -> dict:
+    from yolov3.deploy import export_int8
+
+    calibration, evaluation = _int8_images(args, detector.class_names)
+    return export_int8(detector, args.out, calibration, args.calib, evaluation, args.calib_method)
+
+
+def _int8_images(args: argparse.Namespace, class_names):
+    """(calibration, evaluation) ImageSets from --data, --calib-split, --eval-split and
+    --no-eval; (None, None) without --data. Scoring needs a dataset root (labels)."""
+    from yolov3.deploy import open_images
+
+    if not args.data:
+        return None, None
+    calibration = open_images(args.data, args.calib_split, "train", class_names)
+    evaluation = None
+    if calibration.source is not None and not args.no_eval:
+        evaluation = open_images(args.data, args.eval_split, "test", class_names)
+    return calibration, evaluation
+
+
+def _print_int8(report: dict) -> None:
+    print(f"calibrated on {report['calibration_images']} images of {report['calibration']} "
+          f"in {report['seconds']:.0f} s")
+    if "int8" in report:
+        a, b = report["fp32"], report["int8"]
+        print(f"VOC07 mAP on {b['split']} ({b['num_images']} images): float32 {a['map_07']:.4f}, "
+              f"int8 {b['map_07']:.4f} ({100 * (b['map_07'] - a['map_07']):+.2f} points)")
+
+
+def _space(args: argparse.Namespace) -> None:
+    from yolov3.app import find_examples
+    from yolov3.detector import Detector
+    from yolov3.space import build_space
+
+    try:
+        names = Detector.load(args.weights).class_names
+        calibration, evaluation = _int8_images(args, names) if args.format == "onnx-int8" else (None, None)
+        examples = find_examples(args.examples)
+        summary = build_space(args.weights, args.out, args.format, args.backend, examples, calibration, args.calib,
+                              evaluation, args.calib_method, args.title)
+    except (FileNotFoundError, ValueError) as exc:  # SpaceError and DataError are ValueErrors
+        raise SystemExit(f"yolov3 space: {exc}") from None
+    if "int8" in summary:
+        _print_int8(summary["int8"])
+    print(f"wrote the Space folder {summary['out']}: app.py, {Path(summary['weights']).name} ({summary['format']}, "
+          f"run by {summary['backend']}), {summary['examples']} examples, requirements.txt, README.md")
+    print(f"try it: cd {summary['out']} && python app.py; publish it: see {summary['out']}/README.md")
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -235,17 +295,18 @@ def _app(args: argparse.Namespace) -> None:
     try:
         detector = Detector.load(weights, size=args.size, conf_threshold=args.conf, iou_threshold=args.iou,
                                  device=args.device)
+        # detections from ONNX Runtime, explanations from the torch weights when there are any
+        explainer = detector if detector.backend == "torch" else None
+        if args.backend is not None:
+            detector = detector.with_backend(args.backend)
         examples = find_examples(args.examples)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"yolov3 app: {exc}") from None
-    if detector.backend != "torch":
-        raise SystemExit(f"yolov3 app: {weights}: the app does not serve {detector.backend} weights yet "
-                         "(its explanations need the torch weights); pass the .ckpt or .safetensors file")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("the app listens on %s: anyone who can reach this machine can use it", args.host)
     print(f"weights {weights}; {len(examples)} example images; serving on http://{args.host}:{args.port} "
           "(Ctrl+C stops)")
-    serve(DetectorApp(detector, examples), host=args.host, port=args.port, concurrency=args.concurrency,
+    serve(DetectorApp(detector, examples, explainer=explainer), host=args.host, port=args.port, concurrency=args.concurrency,
           max_queue=args.max_queue)
 
 
@@ -260,6 +321,28 @@ def _add_detector_args(p: argparse.ArgumentParser, weights_required: bool = True
     p.add_argument("--size", type=int, default=None,
                    help="input size, a multiple of 32 (default: the size the weights were evaluated at, else 416)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _add_backend_arg(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                   help="what runs the network (default: onnxruntime for .onnx weights, else torch; "
+                        f"onnxruntime with torch weights exports them in memory first{note})")
+
+
+def _add_int8_args(p: argparse.ArgumentParser):
+    """The calibration and scoring options of an int8 export (export --int8 and space)."""
+    q = p.add_argument_group("int8 (ONNX Runtime static quantisation)")
+    q.add_argument("--calib", type=int, default=64, help="calibration images, spread over the split (default 64)")
+    q.add_argument("--data", nargs="+", help="a dataset root (Kaggle or VOCdevkit layout), or image files, "
+                                             "folders or globs (calibration only)")
+    q.add_argument("--calib-split", default=None,
+                   help="the split that calibrates (default: train.csv, or 2012-train for VOCdevkit)")
+    q.add_argument("--eval-split", default=None,
+                   help="the split float32 and int8 are scored on, VOC07 mAP (default: test.csv, or 2012-val)")
+    q.add_argument("--no-eval", action="store_true", help="skip the before/after scoring")
+    q.add_argument("--calib-method", choices=("minmax", "percentile"), default="minmax",
+                   help="activation ranges: min-max (default) or the 99.999th percentile")
+    return q
 
 
 def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], None]]]:
@@ -308,9 +391,7 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--no-draw", action="store_true", help="write only detections.json")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels than this (default 40,000,000, as the app)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
-                   help="what runs the network (default: onnxruntime for .onnx weights, else torch; "
-                        "onnxruntime with torch weights exports them in memory first)")
+    _add_backend_arg(p)
 
     p = sub.add_parser("cam", help="Grad-CAM / Grad-CAM++ per detection and EigenCAM per image",
                        description="One overlay per detection (its own map, its box drawn), one EigenCAM "
@@ -333,6 +414,7 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--examples", nargs="*", default=[],
                    help="example images (files, folders, globs); default: the demo's runs/demo/examples")
+    _add_backend_arg(p, "; explanations then still run on torch")
     p.add_argument("--concurrency", type=int, default=1, help="requests run at once (default 1)")
     p.add_argument("--max-queue", type=int, default=16, help="requests that may wait (default 16)")
 
@@ -342,8 +424,26 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--out", required=True, help="the file to write (.safetensors or .onnx)")
     p.add_argument("--format", choices=("safetensors", "onnx"), default=None,
                    help="default: from the --out suffix")
+    q = _add_int8_args(p)
+    q.add_argument("--int8", action="store_true", help="quantise the ONNX model to int8 (weights per channel, "
+                                                       "activations calibrated on --calib images)")
+
+    p = sub.add_parser("space", help="write a Hugging Face Space folder (app.py, weights, examples, pinned "
+                                     "requirements, README with the Space header) ready to upload",
+                       description="The Space serves `yolov3 app` on a CPU. The default weights are int8 ONNX, "
+                                   "quantised here from torch weights with --data images.")
+    p.add_argument("--weights", required=True, help="a .ckpt checkpoint, a .safetensors export or an .onnx export")
+    p.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    p.add_argument("--format", choices=("onnx-int8", "onnx", "safetensors"), default="onnx-int8",
+                   help="the weights the Space serves (default onnx-int8; explanations need safetensors)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                   help="what runs the network in the Space (default: onnxruntime for ONNX, torch for safetensors)")
+    p.add_argument("--examples", nargs="*", default=[],
+                   help="example images (files, folders, globs); default: the demo's runs/demo/examples")
+    p.add_argument("--title", default="YOLOv3 detector", help="the Space's title")
+    _add_int8_args(p)
     return parser, {"summary": _summary, "synth": _synth, "demo": _demo, "show-batch": _show_batch,
-                    "detect": _detect, "export": _export, "cam": _cam, "app": _app}
+                    "detect": _detect, "export": _export, "cam": _cam, "app": _app, "space": _space}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -355,7 +455,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 _USER_ERRORS = _user_errors()
-OWN_COMMANDS = ("summary", "synth", "demo", "show-batch", "detect", "export", "cam", "app")
+OWN_COMMANDS = ("summary", "synth", "demo", "show-batch", "detect", "export", "cam", "app", "space")
 PASSES_OVERRIDES = ("demo", "show-batch")
 
 

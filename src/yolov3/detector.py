@@ -3,7 +3,9 @@ the CLI, the demo report and the app all call."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +41,14 @@ class Detector:
         source: where the weights came from (shown by the CLI and the app).
         train_sizes: the input sizes the weights were trained at, when known (the app's
             size slider reaches down to them).
+        max_candidates: per image, only the highest-scoring candidates enter NMS (None: all);
+            evaluation at a low threshold sets it, as training's evaluation does.
     """
 
     def __init__(self, model: YOLOv3, anchors: torch.Tensor | None = None, class_names=None,
                  size: int = DEFAULT_SIZE, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
                  max_detections: int = 100, device: str | torch.device = "cpu", score_mode: str = "obj_cls",
-                 source: str = "", train_sizes: tuple[int, ...] = ()) -> None:
+                 source: str = "", train_sizes: tuple[int, ...] = (), max_candidates: int | None = None) -> None:
         if size % 32 or size < 32:
             raise ValueError(f"size must be a positive multiple of 32, got {size}")
         self.device = torch.device(device)
@@ -59,6 +63,7 @@ class Detector:
         self.max_detections, self.score_mode = max_detections, score_mode
         self.source = source
         self.train_sizes = tuple(int(s) for s in train_sizes)
+        self.max_candidates = max_candidates
 
     def configured(self, size: int | None = None, conf_threshold: float | None = None,
                    iou_threshold: float | None = None) -> Detector:
@@ -76,7 +81,7 @@ class Detector:
         args = dict(model=self.model, anchors=self.anchors, class_names=self.class_names, size=self.size,
                     conf_threshold=self.conf_threshold, iou_threshold=self.iou_threshold,
                     max_detections=self.max_detections, device=self.device, score_mode=self.score_mode,
-                    source=self.source, train_sizes=self.train_sizes)
+                    source=self.source, train_sizes=self.train_sizes, max_candidates=self.max_candidates)
         return Detector(**{**args, **changes})
 
     @classmethod
@@ -141,11 +146,14 @@ class Detector:
         """Load an export written by save_onnx; the network runs in ONNX Runtime on the CPU
         (`threads`: its intra-op threads, default one per core). Pre- and post-processing
         are the torch backend's. Raises ValueError for a file that is not such an export."""
-        from yolov3.onnx_backend import OnnxNetwork, read_metadata
+        from yolov3.onnx_backend import OnnxNetwork
 
-        meta = read_metadata(path)
+        network = OnnxNetwork(path, threads=threads)
+        meta = network.metadata
         data = _data_from_metadata(meta, path, "ONNX")
-        network = OnnxNetwork(path, len(data["class_names"]), data["width"], threads=threads)
+        if len(data["class_names"]) != network.num_classes:
+            raise ValueError(f"{path}: its metadata names {len(data['class_names'])} classes and its heads "
+                             f"predict {network.num_classes}")
         anchors = torch.tensor(json.loads(meta["anchors"]), dtype=torch.float32) if "anchors" in meta else None
         return cls._with_data_defaults(network, anchors, path, data, kwargs)
 
@@ -154,9 +162,26 @@ class Detector:
         """"torch" or "onnxruntime": what runs the network."""
         return getattr(self.model, "backend", "torch")
 
+    @property
+    def num_parameters(self) -> int | None:
+        """The network's parameter count (an ONNX export says it in its metadata; None if not)."""
+        if self.backend == "torch":
+            return sum(p.numel() for p in self.model.parameters())
+        return self.model.num_parameters
+
+    @property
+    def precision(self) -> str:
+        """What the network computes in: "fp32" (torch weights and ONNX exports) or "int8"
+        (a quantised ONNX export); a torch model cast to another dtype says that dtype."""
+        if self.backend != "torch":
+            return self.model.precision
+        dtype = next(self.model.parameters()).dtype
+        return "fp32" if dtype == torch.float32 else str(dtype).removeprefix("torch.")
+
     def metadata(self) -> dict[str, str]:
         """What an export records besides the weights, as strings (JSON values)."""
         return {"width": str(self.model.width), "class_names": json.dumps(list(self.class_names)),
+                "parameters": str(self.num_parameters),
                 "image_size": json.dumps(self.size), "train_sizes": json.dumps(list(self.train_sizes)),
                 "score_mode": json.dumps(self.score_mode), "iou_threshold": json.dumps(self.iou_threshold),
                 "max_detections": json.dumps(self.max_detections), "format": "yolov3 detector v1"}
@@ -167,15 +192,24 @@ class Detector:
             raise ValueError(f"{self.source}: exporting needs torch weights and this is an {self.backend} export; "
                              "export from the .ckpt or .safetensors file")
 
-    def save_onnx(self, path: str | Path | None = None) -> bytes:
+    def save_onnx(self, path: str | Path | None = None, calibration: Iterable[np.ndarray] | None = None,
+                  calib_method: str = "minmax", batch_size: int = 8) -> bytes:
         """Export the network to ONNX (opset 17, dynamic batch and size; yolov3.onnx_backend)
         with this detector's metadata and anchors; writes `path` when given and returns the
-        bytes. Needs the torch backend (the weights)."""
-        from yolov3.onnx_backend import export_onnx
+        bytes. Needs the torch backend (the weights).
+
+        calibration: RGB images ((H, W, 3) uint8, any sizes) to quantise the export to int8
+        with (onnx_backend.quantize_int8): they are preprocessed as detection does (letterboxed
+        to this detector's size), `batch_size` at a time. None: a float32 export.
+        """
+        from yolov3.onnx_backend import export_onnx, quantize_int8
 
         self._require_torch_weights()
         meta = {**self.metadata(), "anchors": json.dumps(self.anchors.detach().cpu().tolist())}
-        return export_onnx(self.model, meta, path)
+        if calibration is None:
+            return export_onnx(self.model, meta, path)
+        batches = (self.preprocess(chunk)[0].cpu().numpy() for chunk in _chunks(calibration, batch_size))
+        return quantize_int8(export_onnx(self.model, meta), batches, path, method=calib_method)
 
     def with_backend(self, backend: str, threads: int | None = None) -> Detector:
         """This detector on another backend ("torch" or "onnxruntime"), same settings. Going
@@ -188,7 +222,7 @@ class Detector:
                              "(it holds no torch weights); load the .ckpt or .safetensors weights")
         from yolov3.onnx_backend import OnnxNetwork
 
-        network = OnnxNetwork(self.save_onnx(), self.model.num_classes, self.model.width, threads=threads)
+        network = OnnxNetwork(self.save_onnx(), threads=threads)
         return self._replace(model=network, anchors=self.anchors.cpu(), device="cpu")
 
     @classmethod
@@ -232,7 +266,7 @@ class Detector:
         (scale, anchor, row, column) cells they came from, with this detector's settings."""
         return postprocess_with_cells([o.detach() for o in outputs], self.anchors, (self.size, self.size),
                                       self.conf_threshold, self.iou_threshold, self.max_detections,
-                                      self.score_mode)
+                                      self.score_mode, self.max_candidates)
 
     @staticmethod
     def to_original(det: torch.Tensor, info: Letterbox, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -252,8 +286,15 @@ class Detector:
         x, infos = self.preprocess(images)
         outputs = self.model(x)
         dets = postprocess(outputs, self.anchors, (self.size, self.size), self.conf_threshold,
-                           self.iou_threshold, self.max_detections, self.score_mode)
+                           self.iou_threshold, self.max_detections, self.score_mode, self.max_candidates)
         return [self.to_original(det, info, img.shape) for det, info, img in zip(dets, infos, images)]
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last may be shorter), read lazily."""
+    items = iter(items)
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 def _data_from_metadata(meta: dict[str, str], path, kind: str) -> dict:

@@ -26,7 +26,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import albumentations as A
 import cv2
 import numpy as np
 
@@ -369,6 +368,10 @@ class TrainTransform:
     """
 
     def __init__(self, config: AugmentConfig | None = None, seed: int | None = None) -> None:
+        # imported here: inference (Detector, the app, a Space) letterboxes with this module
+        # and needs neither albumentations nor its SciPy
+        import albumentations as A
+
         self.config = config or AugmentConfig()
         c = self.config
         self.photometric = A.Compose(

@@ -1,0 +1,195 @@
+"""`yolov3 space`: a Hugging Face Space folder, ready to upload, that serves a detector with
+this project's app (yolov3.app) on a CPU.
+
+The folder holds:
+  app.py            builds the Detector and serves DetectorApp (Gradio), on the address and
+                    port the Space gives (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
+  yolov3/           this package, copied (the Space runs the code the folder was built with)
+  model.onnx        the weights: int8 ONNX by default, or float32 ONNX, or safetensors
+  examples/         example images
+  requirements.txt  the runtime dependencies, pinned to the versions installed here (the
+                    ones this project tests with); torch's CPU build from its own index
+  README.md         the Space's metadata header (sdk gradio, app_file) and what it serves
+  .gitattributes    the weights through Git LFS, as the Hub wants files over 10 MB
+
+At run time the Space needs neither Lightning nor albumentations nor onnx: only torch (pre-
+and post-processing, and the torch backend), ONNX Runtime, Gradio, NumPy, OpenCV, Pillow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+FORMATS = ("onnx-int8", "onnx", "safetensors")
+WEIGHTS_FILE = {"onnx-int8": "model.onnx", "onnx": "model.onnx", "safetensors": "model.safetensors"}
+# The distributions the app imports at run time (see the module docstring), in the order
+# requirements.txt lists them; safetensors only with safetensors weights.
+RUNTIME = ("torch", "numpy", "pillow", "opencv-python-headless", "gradio", "onnxruntime")
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+class SpaceError(ValueError):
+    """What is wrong with the arguments of build_space (the message says which)."""
+
+
+def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", backend: str | None = None,
+                examples: Sequence[str | Path] = (), calibration=None, n_calib: int = 64, evaluation=None,
+                calib_method: str = "minmax", title: str = "YOLOv3 detector") -> dict:
+    """Write the Space folder `out` (which must not exist or be empty) for `weights`.
+
+    Args:
+        weights: a .ckpt, .safetensors or .onnx file. With fmt "onnx-int8" an ONNX file must
+            already be int8; torch weights are quantised here, calibrated on `n_calib` images
+            of `calibration` (a deploy.ImageSet, required then), and scored before and after
+            on `evaluation` when given (deploy.export_int8).
+        fmt: the weights the Space serves: "onnx-int8" (default), "onnx" or "safetensors".
+        backend: what runs the network in the Space: "onnxruntime" (default for ONNX) or
+            "torch" (default for safetensors; only possible with safetensors).
+        examples: image files for the page's examples (at least one).
+        title: the Space's title.
+
+    Returns {"out", "weights", "format", "backend", "examples", "requirements", and
+    "int8" (export_int8's report) when it quantised}. Raises SpaceError, FileNotFoundError
+    or ValueError naming the file or argument.
+    """
+    from yolov3.deploy import export_int8
+    from yolov3.detector import Detector, weights_format
+
+    if fmt not in FORMATS:
+        raise SpaceError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    backend = backend or ("torch" if fmt == "safetensors" else "onnxruntime")
+    if backend == "torch" and fmt != "safetensors":
+        raise SpaceError(f"the torch backend needs torch weights: pass --format safetensors, not {fmt}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SpaceError(f"{out}: exists and is not an empty folder; name a new one (nothing was written)")
+    examples = [Path(e) for e in examples]
+    if not examples:
+        raise SpaceError("a Space needs example images: pass --examples (files, folders or globs)")
+    for e in examples:
+        if not e.is_file():
+            raise FileNotFoundError(f"{e}: example image not found")
+
+    detector = Detector.load(weights)
+    kind = weights_format(weights)
+    if kind == "onnx" and fmt == "safetensors":
+        raise SpaceError(f"{weights}: an ONNX export holds no torch weights to write as safetensors")
+    if kind == "onnx" and (fmt == "onnx-int8") != (detector.precision == "int8"):
+        wanted = "int8" if fmt == "onnx-int8" else "float32"
+        raise SpaceError(f"{weights}: a {detector.precision} ONNX export, and the Space is to serve {wanted} "
+                         f"(quantise from the .ckpt or .safetensors weights, or pass --format "
+                         f"{'onnx' if fmt == 'onnx-int8' else 'onnx-int8'})")
+    if fmt == "onnx-int8" and kind != "onnx" and calibration is None:
+        raise SpaceError("an int8 Space quantises the weights and needs calibration images: pass --data "
+                         "(a dataset root or image files), or --format onnx for float32")
+
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / WEIGHTS_FILE[fmt]
+    report = {}
+    if kind == "onnx":
+        shutil.copyfile(weights, target)
+    elif fmt == "onnx-int8":
+        report["int8"] = export_int8(detector, target, calibration, n_calib, evaluation, calib_method)
+    elif fmt == "onnx":
+        detector.save_onnx(target)
+    else:
+        detector.save_safetensors(target)
+    served = Detector.load(target)  # what the Space will load: its settings go into the README
+
+    (out / "examples").mkdir()
+    copied = []
+    for k, e in enumerate(examples):
+        name = e.name if e.name not in copied else f"{k}_{e.name}"
+        shutil.copyfile(e, out / "examples" / name)
+        copied.append(name)
+    package = Path(__file__).resolve().parent
+    shutil.copytree(package, out / "yolov3", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    requirements = runtime_requirements(safetensors=fmt == "safetensors")
+    (out / "requirements.txt").write_text(requirements)
+    (out / "app.py").write_text(APP_PY.format(weights=target.name, backend=backend))
+    (out / "README.md").write_text(_readme(title, served, fmt, backend, report.get("int8"), weights))
+    (out / ".gitattributes").write_text("*.onnx filter=lfs diff=lfs merge=lfs -text\n"
+                                        "*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    return {"out": str(out), "weights": str(target), "format": fmt, "backend": backend, "examples": len(copied),
+            "requirements": requirements.splitlines(), **report}
+
+
+def runtime_requirements(safetensors: bool = False) -> str:
+    """requirements.txt for the Space: RUNTIME pinned to the versions installed here (the
+    local version label dropped: torch "2.13.0+cpu" is pinned as 2.13.0 and found on
+    torch's CPU index, which pip prefers for it as the higher local version)."""
+    names = [*RUNTIME, *(["safetensors"] if safetensors else [])]
+    lines = ["# Written by `yolov3 space`: what the app imports, at the versions it was tested with.",
+             "# torch's CPU build (a few hundred MB instead of the CUDA build's gigabytes):",
+             f"--extra-index-url {TORCH_CPU_INDEX}"]
+    for name in names:
+        try:
+            version = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            raise SpaceError(f"{name} is not installed here, so its version cannot be pinned "
+                             f"(install this project's dependencies: make venv)") from None
+        lines.append(f"{name}=={version.split('+')[0]}")
+    return "\n".join(lines) + "\n"
+
+
+APP_PY = '''"""A YOLOv3 detector on a Hugging Face Space (written by `yolov3 space`).
+
+Run it here with `python app.py` (http://127.0.0.1:7860); on a Space it listens where the
+Space says (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT).
+"""
+
+import os
+from pathlib import Path
+
+from yolov3.app import DetectorApp, serve
+from yolov3.detector import Detector
+
+HERE = Path(__file__).resolve().parent
+WEIGHTS = HERE / "{weights}"
+BACKEND = "{backend}"
+
+detector = Detector.load(WEIGHTS)
+# Explanations (Grad-CAM, EigenCAM) need the torch weights: with ONNX weights the page says so.
+explainer = detector if detector.backend == "torch" else None
+detector = detector.with_backend(BACKEND)
+examples = sorted(str(p) for p in (HERE / "examples").iterdir() if p.is_file())
+app = DetectorApp(detector, examples, explainer=explainer)
+
+if __name__ == "__main__":
+    serve(app, host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+          port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+'''
+
+
+def _readme(title: str, detector, fmt: str, backend: str, int8: dict | None, weights) -> str:
+    gradio = importlib_metadata.version("gradio")
+    classes = ", ".join(detector.class_names)
+    header = "\n".join(["---", f"title: {json.dumps(title)}", "emoji: 🔍", "colorFrom: blue", "colorTo: green",
+                        "sdk: gradio", f"sdk_version: {gradio}", "python_version: \"3.11\"", "app_file: app.py",
+                        "pinned: false", "---", ""])
+    lines = [header, f"# {title}", "",
+             f"YOLOv3 (Darknet-53, three scales), width {detector.model.width:g}, {len(detector.class_names)} "
+             f"classes: {classes}.", "",
+             f"- weights: `{WEIGHTS_FILE[fmt]}` ({fmt}), from `{Path(weights).name}`; run by {backend} on the CPU",
+             f"- input size {detector.size} px by default, NMS IoU {detector.iou_threshold:g}, score "
+             f"{detector.score_mode}",
+             "- explanations (Grad-CAM, EigenCAM): " + ("on" if fmt == "safetensors" else
+                                                      "not with ONNX weights (they need the torch weights)")]
+    if int8 and "int8" in int8:
+        a, b = int8["fp32"], int8["int8"]
+        lines.append(f"- int8 check: VOC07 mAP {b['map_07']:.4f} against {a['map_07']:.4f} in float32 on "
+                     f"{b['split']} ({b['num_images']} images), calibrated on {int8['calibration_images']} "
+                     f"images of {int8['calibration']}")
+    lines += ["", "Written by `yolov3 space`. Try it here first:", "", "```",
+              "python -m venv .venv && .venv/bin/pip install -r requirements.txt",
+              ".venv/bin/python app.py    # http://127.0.0.1:7860", "```", "",
+              "Publish it with the `hf` command of huggingface_hub (installed with Gradio) and a Hugging Face "
+              "token with write access; large files go up through the Hub's LFS storage:", "", "```",
+              "hf auth login",
+              "hf repos create <user>/<space-name> --type space --sdk gradio",
+              "hf upload <user>/<space-name> . --type space", "```", ""]
+    return "\n".join(lines)
