@@ -220,8 +220,9 @@ def _int8_images(args: argparse.Namespace, class_names):
 
 
 def _print_int8(report: dict) -> None:
+    scored = " and scoring" if "int8" in report else ""
     print(f"calibrated on {report['calibration_images']} images of {report['calibration']} "
-          f"in {report['seconds']:.0f} s")
+          f"(export, calibration{scored}: {report['seconds']:.0f} s)")
     if "int8" in report:
         a, b = report["fp32"], report["int8"]
         print(f"VOC07 mAP on {b['split']} ({b['num_images']} images): float32 {a['map_07']:.4f}, "
@@ -306,7 +307,8 @@ def _app(args: argparse.Namespace) -> None:
         log.warning("the app listens on %s: anyone who can reach this machine can use it", args.host)
     print(f"weights {weights}; {len(examples)} example images; serving on http://{args.host}:{args.port} "
           "(Ctrl+C stops)")
-    serve(DetectorApp(detector, examples, explainer=explainer), host=args.host, port=args.port, concurrency=args.concurrency,
+    serve(DetectorApp(detector, examples, explainer=explainer), host=args.host, port=args.port,
+          concurrency=args.concurrency,
           max_queue=args.max_queue)
 
 

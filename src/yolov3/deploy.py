@@ -45,7 +45,8 @@ class ImageSet:
         return list(self.paths)
 
 
-def open_images(data: Sequence[str], split: str | None, role: str, class_names: Sequence[str] | None = None) -> ImageSet:
+def open_images(data: Sequence[str], split: str | None, role: str,
+                class_names: Sequence[str] | None = None) -> ImageSet:
     """`data` -> an ImageSet: one dataset root (Kaggle or VOCdevkit layout) read with `split`
     (default: DEFAULT_SPLITS by layout, first entry for role "train", second for "test"), or
     image files, folders and globs (no labels: enough to calibrate, not to score).

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -167,10 +168,11 @@ if __name__ == "__main__":
 
 def _readme(title: str, detector, fmt: str, backend: str, int8: dict | None, weights) -> str:
     gradio = importlib_metadata.version("gradio")
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"  # the Python it was tested with
     classes = ", ".join(detector.class_names)
     header = "\n".join(["---", f"title: {json.dumps(title)}", "emoji: 🔍", "colorFrom: blue", "colorTo: green",
-                        "sdk: gradio", f"sdk_version: {gradio}", "python_version: \"3.11\"", "app_file: app.py",
-                        "pinned: false", "---", ""])
+                        "sdk: gradio", f"sdk_version: {gradio}", f"python_version: \"{python}\"",
+                        "app_file: app.py", "pinned: false", "---", ""])
     lines = [header, f"# {title}", "",
              f"YOLOv3 (Darknet-53, three scales), width {detector.model.width:g}, {len(detector.class_names)} "
              f"classes: {classes}.", "",
@@ -184,12 +186,13 @@ def _readme(title: str, detector, fmt: str, backend: str, int8: dict | None, wei
         lines.append(f"- int8 check: VOC07 mAP {b['map_07']:.4f} against {a['map_07']:.4f} in float32 on "
                      f"{b['split']} ({b['num_images']} images), calibrated on {int8['calibration_images']} "
                      f"images of {int8['calibration']}")
-    lines += ["", "Written by `yolov3 space`. Try it here first:", "", "```",
-              "python -m venv .venv && .venv/bin/pip install -r requirements.txt",
-              ".venv/bin/python app.py    # http://127.0.0.1:7860", "```", "",
+    lines += ["", "Written by `yolov3 space`. Try it here first (the virtualenv outside this folder, so "
+              "that it is not uploaded with it):", "", "```",
+              "python -m venv ../space-venv && ../space-venv/bin/pip install -r requirements.txt",
+              "../space-venv/bin/python app.py    # http://127.0.0.1:7860", "```", "",
               "Publish it with the `hf` command of huggingface_hub (installed with Gradio) and a Hugging Face "
               "token with write access; large files go up through the Hub's LFS storage:", "", "```",
               "hf auth login",
               "hf repos create <user>/<space-name> --type space --sdk gradio",
-              "hf upload <user>/<space-name> . --type space", "```", ""]
+              "hf upload <user>/<space-name> . --type space --exclude '**/__pycache__/**'", "```", ""]
     return "\n".join(lines)
