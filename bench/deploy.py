@@ -15,7 +15,8 @@ p50 and p95 in milliseconds, and each form's speed-up over torch fp32 (its p50 o
 Accuracy (with --weights, default the demo checkpoint when it exists): VOC07 mAP of the
 float32 weights and of their int8 export, calibrated on `--calib` images of the training
 split and scored on the test split of `--data` (default data/synthetic): the issue's bar
-is at most 1 point lost.
+is at most 1 point lost. And the float32 export's parity on that split: on how many images
+ONNX Runtime gives torch's detections (default detection settings).
 
 Prints two tables and writes bench/results/deploy.json.
 
@@ -113,6 +114,9 @@ def main() -> None:
         print(f"int8 check on {accuracy['weights']}: VOC07 mAP {accuracy['fp32']:.4f} float32, "
               f"{accuracy['int8']:.4f} int8 ({accuracy['points_lost']:+.2f} points lost) on {accuracy['split']}, "
               f"calibrated on {accuracy['calibration_images']} images of {accuracy['calibration']}")
+        q = accuracy["parity"]
+        print(f"ONNX Runtime float32 against torch on the same split: {q['identical']} of {q['images']} images "
+              f"with the same detections (largest differences {q['max_box_px']:.2g} px, score {q['max_score']:.2g})")
 
 
 def check_accuracy(args) -> dict:
@@ -128,7 +132,25 @@ def check_accuracy(args) -> dict:
         r = export_int8(detector, Path(tmp) / "m.onnx", calibration, args.calib, evaluation)
     return {"weights": args.weights, "split": r["int8"]["split"], "fp32": r["fp32"]["map_07"],
             "int8": r["int8"]["map_07"], "points_lost": 100 * (r["fp32"]["map_07"] - r["int8"]["map_07"]),
-            "calibration_images": r["calibration_images"], "calibration": r["calibration"]}
+            "calibration_images": r["calibration_images"], "calibration": r["calibration"],
+            "parity": parity(detector, evaluation)}
+
+
+def parity(detector, images) -> dict:
+    """ONNX Runtime float32 against torch on every image of a split, at the default detection
+    settings: images whose detections agree (same count and classes in the same order, boxes
+    within 1e-3 px, scores within 1e-5) and the largest box and score differences."""
+    onnx = detector.with_backend("onnxruntime")
+    same, box_diff, score_diff = 0, 0.0, 0.0
+    for i in range(len(images.source)):
+        image = [images.source[i].image]
+        a, b = detector(image)[0], onnx(image)[0]
+        if a.shape == b.shape and np.array_equal(a[:, 5], b[:, 5]):
+            d_box = float(np.abs(a[:, :4] - b[:, :4]).max(initial=0.0))
+            d_score = float(np.abs(a[:, 4] - b[:, 4]).max(initial=0.0))
+            box_diff, score_diff = max(box_diff, d_box), max(score_diff, d_score)
+            same += d_box <= 1e-3 and d_score <= 1e-5
+    return {"images": len(images.source), "identical": same, "max_box_px": box_diff, "max_score": score_diff}
 
 
 if __name__ == "__main__":
