@@ -48,10 +48,49 @@ def shape_iou(wh_a: torch.Tensor, wh_b: torch.Tensor) -> torch.Tensor:
     return inter / (wh_a.prod(-1)[:, None] + wh_b.prod(-1)[None, :] - inter)
 
 
+# exp(t) of the width / height offsets is taken of min(t, MAX_LOG_WH): e^10 = 22,026 anchors
+# wide is far beyond any image, and an untrained head's large t would otherwise overflow float32
+# (inf boxes, then NaN IoUs). The loss clips the same way where it decodes boxes for the IoU.
+MAX_LOG_WH = 10.0
+
+
+def decode_cells(rows: torch.Tensor, anchor_index: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+                 grid: tuple[int, int], anchors_px: torch.Tensor,
+                 image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one decode: raw head values of K cells of one scale -> their boxes and probabilities.
+
+    Args:
+        rows: (K, 5+C) raw values (objectness, tx, ty, tw, th, class logits).
+        anchor_index, row, col: (K,) long, where each cell sits (anchor, grid row, grid column).
+        grid: (gh, gw) of the scale.
+        anchors_px: (A, 2) the scale's anchors (w, h) in input pixels.
+        image_size: (height, width) of the network input in pixels.
+
+    Returns boxes (K, 4) float32 xyxy input pixels, objectness (K,), class probabilities (K, C):
+    cx = (sigmoid(tx) + col) * stride_x, w = anchor_w * exp(min(tw, MAX_LOG_WH)), likewise y, h.
+    """
+    rows = rows.float()
+    h, w = image_size
+    gh, gw = grid
+    cx = (torch.sigmoid(rows[:, 1]) + col) * (w / gw)
+    cy = (torch.sigmoid(rows[:, 2]) + row) * (h / gh)
+    bw = torch.exp(rows[:, 3].clamp(max=MAX_LOG_WH)) * anchors_px[anchor_index, 0]
+    bh = torch.exp(rows[:, 4].clamp(max=MAX_LOG_WH)) * anchors_px[anchor_index, 1]
+    boxes = cxcywh_to_xyxy(torch.stack((cx, cy, bw, bh), -1))
+    return boxes, torch.sigmoid(rows[:, 0]), torch.softmax(rows[:, 5:], -1)
+
+
+def _anchors_px(anchor: torch.Tensor, image_size: tuple[int, int], device) -> torch.Tensor:
+    """(A, 2) anchors as fractions of the image -> input pixels, float32 on `device`."""
+    h, w = image_size
+    return anchor.to(device).float() * torch.tensor([w, h], dtype=torch.float32, device=device)
+
+
 def decode_heads(
     outputs: list[torch.Tensor], anchors: torch.Tensor, image_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Head outputs of every scale -> boxes in input pixels, objectness, class probabilities.
+    """Head outputs of every scale -> boxes in input pixels, objectness, class probabilities,
+    for every cell (decode_cells over all of them).
 
     Args:
         outputs: per scale (B, A, gh, gw, 5+C) raw head tensors.
@@ -62,22 +101,18 @@ def decode_heads(
         boxes (B, N, 4) xyxy pixels, objectness (B, N), class_probs (B, N, C), where N sums
         A*gh*gw over the scales (scale-major, then anchor, row, column).
     """
-    h, w = image_size
     all_boxes, all_obj, all_cls = [], [], []
     for pred, anchor in zip(outputs, anchors):
-        pred = pred.float()
         b, a, gh, gw, _ = pred.shape
-        ys, xs = torch.meshgrid(
-            torch.arange(gh, device=pred.device), torch.arange(gw, device=pred.device), indexing="ij"
-        )
-        cx = (torch.sigmoid(pred[..., 1]) + xs) * (w / gw)
-        cy = (torch.sigmoid(pred[..., 2]) + ys) * (h / gh)
-        anchor_px = anchor.to(pred.device).float() * anchor.new_tensor([w, h]).float()
-        bw = torch.exp(pred[..., 3].clamp(max=10.0)) * anchor_px[:, 0].view(1, a, 1, 1)
-        bh = torch.exp(pred[..., 4].clamp(max=10.0)) * anchor_px[:, 1].view(1, a, 1, 1)
-        all_boxes.append(cxcywh_to_xyxy(torch.stack((cx, cy, bw, bh), -1)).reshape(b, -1, 4))
-        all_obj.append(torch.sigmoid(pred[..., 0]).reshape(b, -1))
-        all_cls.append(torch.softmax(pred[..., 5:], -1).reshape(b, a * gh * gw, -1))
+        ai, yi, xi = (i.reshape(-1) for i in torch.meshgrid(
+            torch.arange(a, device=pred.device), torch.arange(gh, device=pred.device),
+            torch.arange(gw, device=pred.device), indexing="ij"))
+        rows = pred.reshape(b * a * gh * gw, -1)
+        boxes, obj, cls = decode_cells(rows, ai.repeat(b), yi.repeat(b), xi.repeat(b), (gh, gw),
+                                       _anchors_px(anchor, image_size, pred.device), image_size)
+        all_boxes.append(boxes.reshape(b, -1, 4))
+        all_obj.append(obj.reshape(b, -1))
+        all_cls.append(cls.reshape(b, a * gh * gw, -1))
     return torch.cat(all_boxes, 1), torch.cat(all_obj, 1), torch.cat(all_cls, 1)
 
 
@@ -273,27 +308,21 @@ def select_candidates(outputs: list[torch.Tensor], anchors: torch.Tensor, image_
 
     Both scores are at most the objectness, so cells with objectness <= conf_threshold are
     dropped before any box or softmax is computed: with a trained model that is nearly every
-    cell, and decoding the rest is the same arithmetic as decode_heads.
+    cell. The rest go through decode_cells, as decode_heads' cells do.
     """
     if score_mode not in SCORE_MODES:
         raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {score_mode!r}")
-    h, w = image_size
     parts, offset = [], 0
     for pred, anchor in zip(outputs, anchors):
         _, a, gh, gw, _ = pred.shape
         obj = torch.sigmoid(pred[..., 0].float())
         bi, ai, yi, xi = (obj > conf_threshold).nonzero(as_tuple=True)
-        rows = pred[bi, ai, yi, xi].float()  # (k, 5+C)
-        anchor_px = anchor.to(pred.device).float() * anchor.new_tensor([w, h]).float()
-        cx = (torch.sigmoid(rows[:, 1]) + xi) * (w / gw)
-        cy = (torch.sigmoid(rows[:, 2]) + yi) * (h / gh)
-        bw = torch.exp(rows[:, 3].clamp(max=10.0)) * anchor_px[ai, 0]
-        bh = torch.exp(rows[:, 4].clamp(max=10.0)) * anchor_px[ai, 1]
-        cls_prob, cls_idx = torch.softmax(rows[:, 5:], -1).max(-1)
-        o = obj[bi, ai, yi, xi]
+        boxes, o, cls_prob = decode_cells(pred[bi, ai, yi, xi], ai, yi, xi, (gh, gw),
+                                          _anchors_px(anchor, image_size, pred.device), image_size)
+        cls_prob, cls_idx = cls_prob.max(-1)
         score = o * cls_prob if score_mode == "obj_cls" else o
         cell = offset + (ai * gh + yi) * gw + xi
-        parts.append((bi, cell, cxcywh_to_xyxy(torch.stack((cx, cy, bw, bh), -1)), score, cls_idx))
+        parts.append((bi, cell, boxes, score, cls_idx))
         offset += a * gh * gw
     image, cell, boxes, scores, classes = (torch.cat(t) for t in zip(*parts))
     keep = scores > conf_threshold
@@ -331,11 +360,8 @@ def postprocess(
         one (K, 6) float32 tensor per image: x1, y1, x2, y2 (input pixels), score, class;
         rows by falling score, ties by cell index (see decode_heads for the cell order).
     """
-    batch, num_classes = outputs[0].shape[0], outputs[0].shape[-1] - 5
-    cand = select_candidates(outputs, anchors, image_size, conf_threshold, score_mode)
-    if max_candidates is not None:
-        cand = top_candidates(cand, batch, max_candidates)
-    return nms_per_image(cand, batch, num_classes, iou_threshold, max_detections)
+    return postprocess_with_cells(outputs, anchors, image_size, conf_threshold, iou_threshold, max_detections,
+                                  score_mode, max_candidates)[0]
 
 
 def top_candidates(cand: Candidates, batch: int, k: int) -> Candidates:
@@ -371,8 +397,12 @@ def nms_per_image(cand: Candidates, batch: int, num_classes: int, iou_threshold:
         iou_threshold, max_detections: as in postprocess.
     """
     keep, counts = _kept_candidates(cand, batch, num_classes, iou_threshold, max_detections)
-    det = torch.cat((cand.boxes[keep], cand.scores[keep, None], cand.classes[keep, None].float()), 1)
-    return list(det.split(counts.tolist()))
+    return list(_detections(cand, keep).split(counts.tolist()))
+
+
+def _detections(cand: Candidates, keep: torch.Tensor) -> torch.Tensor:
+    """(K, 6) x1, y1, x2, y2, score, class of the kept candidates."""
+    return torch.cat((cand.boxes[keep], cand.scores[keep, None], cand.classes[keep, None].float()), 1)
 
 
 def _kept_candidates(cand: Candidates, batch: int, num_classes: int, iou_threshold: float,
@@ -400,10 +430,10 @@ def postprocess_with_cells(
     score_mode: str = "obj_cls",
     max_candidates: int | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """postprocess, plus where each detection came from in the head outputs.
+    """postprocess, plus where each detection came from in the head outputs (postprocess is
+    this function without the cells: one path for every caller).
 
-    Same arguments and the same detections as postprocess (the same candidates and the same
-    NMS, row for row). Explanations (yolov3.cam) need the source of each box to rebuild its
+    Same arguments and the same detections as postprocess. Explanations (yolov3.cam) need the source of each box to rebuild its
     score from the raw outputs with the autograd graph kept.
 
     Returns:
@@ -416,7 +446,7 @@ def postprocess_with_cells(
     if max_candidates is not None:
         cand = top_candidates(cand, batch, max_candidates)
     keep, counts = _kept_candidates(cand, batch, num_classes, iou_threshold, max_detections)
-    det = torch.cat((cand.boxes[keep], cand.scores[keep, None], cand.classes[keep, None].float()), 1)
+    det = _detections(cand, keep)
     cells = flat_cell_to_index(cand.cell[keep], [tuple(o.shape[1:4]) for o in outputs])
     return list(det.split(counts.tolist())), list(cells.split(counts.tolist()))
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yolov3.boxes import elementwise_iou
+from yolov3.boxes import MAX_LOG_WH, elementwise_iou
 
 LOSS_TERMS = ("box", "obj", "noobj", "cls")
 
@@ -103,7 +103,7 @@ class YoloLoss(nn.Module):
 
         xy = torch.sigmoid(p[:, 1:3])
         # exp is clamped only for the IoU (detached), so an early huge tw cannot make NaNs.
-        wh = torch.exp(p[:, 3:5].detach().clamp(max=10.0)) * anchor_cells
+        wh = torch.exp(p[:, 3:5].detach().clamp(max=MAX_LOG_WH)) * anchor_cells
         iou = elementwise_iou(torch.cat((xy.detach(), wh), 1), t[:, 1:5], fmt="cxcywh")
         if self.objectness_loss == "mse_iou":
             obj_values = F.mse_loss(torch.sigmoid(p[:, 0]), iou, reduction="none")
