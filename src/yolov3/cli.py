@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from yolov3.cam import METHODS as CAM_METHODS
 from yolov3.data.datamodule import YoloDataModule
 from yolov3.lit import YoloLitModule
 
@@ -399,7 +400,7 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
                        description="One overlay per detection (its own map, its box drawn), one EigenCAM "
                                    "overlay per image, contact_sheet.png and cam.json in --out.")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--method", choices=("gradcam", "gradcam++", "eigencam"), default="gradcam",
+    p.add_argument("--method", choices=CAM_METHODS, default="gradcam",
                    help="per-detection method (eigencam: only the per-image maps); default gradcam")
     p.add_argument("--layer", default="head",
                    help="head (each box at its own scale's head; default), head32, head16, head8, backbone, "
@@ -444,8 +445,7 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
                    help="example images (files, folders, globs); default: the demo's runs/demo/examples")
     p.add_argument("--title", default="YOLOv3 detector", help="the Space's title")
     _add_int8_args(p)
-    return parser, {"summary": _summary, "synth": _synth, "demo": _demo, "show-batch": _show_batch,
-                    "detect": _detect, "export": _export, "cam": _cam, "app": _app, "space": _space}
+    return parser, HANDLERS
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -457,7 +457,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 _USER_ERRORS = _user_errors()
-OWN_COMMANDS = ("summary", "synth", "demo", "show-batch", "detect", "export", "cam", "app", "space")
+HANDLERS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "summary": _summary, "synth": _synth, "demo": _demo, "show-batch": _show_batch, "detect": _detect,
+    "export": _export, "cam": _cam, "app": _app, "space": _space}
+OWN_COMMANDS = tuple(HANDLERS)
 PASSES_OVERRIDES = ("demo", "show-batch")
 
 

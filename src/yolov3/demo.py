@@ -66,7 +66,7 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
         "checkpoint": best,
         "seconds": {"data": round(t_data, 1), "fit": round(t_fit, 1), "test": round(t_test, 1)},
     }
-    from yolov3.report import summarise, write_report
+    from yolov3.report import ACCURACIES, summarise, write_report
 
     write_report(summarise(test, model.test_results, dm.class_names), model.test_results, dm.class_names, out)
     _report_pictures(best, dm, out, Path(trainer.log_dir or out) / "metrics.csv")
@@ -76,7 +76,7 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
     table = Table(title="Synthetic test split (yolov3 demo)")
     for col in ("metric", "value", "bar"):
         table.add_column(col, justify="right" if col != "metric" else "left")
-    for key, name in (("class_acc", "class accuracy"), ("noobj_acc", "no-object accuracy"), ("obj_acc", "object accuracy")):
+    for key, name in ACCURACIES:
         ok = figures[key] > BARS[key]
         table.add_row(name, f"{figures[key]:.2f} %", f"{'[green]>' if ok else '[red]<='} {BARS[key]:.0f} %")
     for key, name in (("map_07", "VOC07 mAP@0.5"), ("map_2010", "VOC2010+ mAP@0.5"), ("coco_map", "COCO mAP@[.5:.95]")):

@@ -20,9 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from yolov3.data.sample import ORIENTATIONS, DataError, image_header, load_rgb, printable, read_image
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from yolov3.data.sample import IMAGE_SUFFIXES, ORIENTATIONS, DataError, image_header, load_rgb, printable, read_image
 
 # The same limit as the app (yolov3.app.MAX_PIXELS): above it an image is refused from its
 # header, before decoding, unless the caller raises it (`yolov3 detect --max-pixels`).

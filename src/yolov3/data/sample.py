@@ -24,6 +24,11 @@ from yolov3.data import timing
 # or error. Callers that want another (detect: 40 MP, like the app) pass max_pixels.
 MAX_PIXELS = 178_956_970
 
+# File name suffixes taken as images: by `yolov3 detect` and the app when they expand folders
+# and globs, and by the Kaggle reader to tell a CSV header row from a data row. (A GIF is read
+# as its first frame.)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
 # EXIF tag 0x0112. 1 (or no tag) means "show as stored"; 2-8 mean a viewer mirrors and/or
 # rotates the image; other values are not defined and viewers ignore them.
 ORIENTATION_TAG = 0x0112

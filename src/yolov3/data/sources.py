@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from yolov3.constants import VOC_CLASSES
-from yolov3.data.sample import MAX_PIXELS, DataError, Sample, load_rgb, printable, read_image
+from yolov3.data.sample import IMAGE_SUFFIXES, MAX_PIXELS, DataError, Sample, load_rgb, printable, read_image
 
 __all__ = [
     "Record",
@@ -51,10 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("yolov3.data")
-
-# Suffixes that make a CSV field look like an image file name; used only to tell a header
-# row (``image,label``) from a data row.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 # How many skipped-item messages (or EXIF-tagged images) the single warning quotes; the rest
 # are in `skipped` (`exif_oriented`).
