@@ -22,10 +22,15 @@ def test_demo_writes_the_report(tmp_path, monkeypatch, capsys):
     assert metrics["test_images"] == 8 and metrics["train_images"] == 18
     assert set(metrics["test"]) == {"class_acc", "noobj_acc", "obj_acc", "loss", "map_07", "map_2010", "coco_map",
                                     "coco_map_50"}
-    assert all(0 <= metrics["test"][k] <= 1 for k in ("map_07", "map_2010", "coco_map"))
     assert "synthetic" in metrics["data"]
     results = json.loads((out / "results.json").read_text())
     assert results["images"] == 8 and len(results["per_class"]) == 20
+    # the two files report the same evaluation
+    for key in ("map_07", "map_2010", "coco_map"):
+        assert abs(metrics["test"][key] - results["summary"][key]) < 1e-6, key
+    # and the mAP is the mean of the per-class APs over the classes that have objects
+    aps = [c["ap_07"] for c in results["per_class"] if c["positives"] > 0]
+    assert aps and abs(sum(aps) / len(aps) - results["summary"]["map_07"]) < 1e-6
     detections = json.loads((out / "detect" / "detections.json").read_text())
     assert isinstance(detections, list) and len(list((out / "detect").glob("*.jpg"))) == 4
     # Grad-CAM / EigenCAM overlays of the first three test images (yolov3 cam)

@@ -57,9 +57,8 @@ def test_detection_map_equals_the_evaluator_however_images_are_split(seed):
     feed(a, dets, gts, [7, 1, 3])
     feed(b, dets, gts, [0, 11, 2, 5, 4, 6, 10, 9, 8])
     merged = DetectionMAP(4)
-    for name in ("detections", "ground_truth", "images"):
-        setattr(merged, name, getattr(a, name) + getattr(b, name))
-    merged._update_count = 1  # as after a gather: compute() without its own update()
+    merged.merge_state(a)  # torchmetrics' own merge: what a gather does to list states
+    merged.merge_state(b)
     for m in (one, merged):
         out = m.compute()
         np.testing.assert_equal(out["map_07"], expected["map_07"])
