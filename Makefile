@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-kernels app venv clean
+.PHONY: demo test test-fast test-kernels app venv clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ app: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Everything that needs no training, no server and no second process (tests/conftest.py
+# marks the rest slow): under a minute, for the edit-test loop. `make test` is the full suite.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The trained-fixture tests under several CPU float-kernel settings (and SEEDS="1 2 ..." for
 # other fixture seeds): proof that they hold on any processor. Not part of `make test`.

@@ -93,3 +93,24 @@ def bad_uploads(tmp_path_factory, shape_images):
     (d / "cut.jpg").write_bytes(good[: len(good) * 6 // 10])
     Image.new("L", (10_000, 10_000), 128).save(d / "huge.png", compress_level=1)
     return d
+
+
+# `make test-fast` runs `pytest -m "not slow"`: what needs no training, no Lightning run, no
+# second process, no server and no browser, in under a minute on 2 CPU cores. `make test`
+# runs everything. A test is slow when it uses the trained fixture (60 s to train once per
+# session) or sits in one of these modules (each trains, serves or spawns).
+SLOW_FIXTURES = {"trained_detector", "trained_weights"}
+SLOW_MODULES = {"test_ddp", "test_runs", "test_demo", "test_space", "test_deploy", "test_app_server",
+                "test_real_photos", "test_nonfinite", "test_configs", "test_eval_integration", "test_cuda"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains, serves, spawns processes or uses the trained fixture "
+                                       "(deselect with -m 'not slow': make test-fast)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

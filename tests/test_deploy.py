@@ -96,7 +96,8 @@ def test_int8_export_reports_before_and_after(int8_export, trained_weights):
                   printed)
     assert m, printed
     assert m.group(1).endswith("test.csv") and m.group(2) == "24"
-    fp32, int8 = float(m.group(3)), float(m.group(4))
+    fp32, int8 = float(m.group(3)) / 100, float(m.group(4)) / 100  # printed in percent, as `yolov3 test` does
+    assert abs(100 * (int8 - fp32) - float(m.group(5))) < 0.011
     assert fp32 > 0.5
     assert int8 >= fp32 - 0.05, printed  # the bar is 1 point on the demo model; this is a tiny one
     assert "calibrated on 16 images of" in printed and "train.csv" in printed
@@ -142,7 +143,8 @@ def test_int8_export_from_bare_images_calibrates_without_scoring(trained_weights
     main(["export", "--weights", str(trained_weights), "--out", str(out), "--int8", "--calib", "4",
           "--data", str(shapes_root / "images")])
     printed = capsys.readouterr().out
-    assert "calibrated on 4 images" in printed and "VOC07" not in printed
+    assert "calibrated on 4 images" in printed and "VOC07 mAP on" not in printed
+    assert "holds no labels, so float32 and int8 are not scored" in printed
     assert Detector.load(out).precision == "int8"
 
 
@@ -153,6 +155,9 @@ def test_int8_export_from_bare_images_calibrates_without_scoring(trained_weights
     (["--out", "{tmp}/m.onnx", "--int8", "--data", "{root}", "--calib-split", "nope.csv"], "nope.csv"),
     (["--out", "{tmp}/m.onnx", "--int8", "--data", "{root}/images", "--calib-split", "train.csv"],
      "needs a dataset root"),
+    (["--out", "{tmp}/m.onnx", "--int8", "--data", "{root}/images", "--eval-split", "test.csv"],
+     "--eval-split needs a dataset root"),
+    (["--out", "{tmp}/m.onnx", "--data", "{root}", "--calib", "8"], "--data, --calib apply to --int8 only"),
 ])
 def test_int8_export_refuses_bad_arguments_with_a_message(trained_weights, shapes_root, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, root=shapes_root) for a in args]

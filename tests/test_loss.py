@@ -26,6 +26,7 @@ def test_loss_is_finite_and_has_parts():
     torch.testing.assert_close(total, sum(parts.values()))
 
 
+@pytest.mark.slow  # 200 training steps
 def test_loss_decreases_when_overfitting_one_batch():
     torch.manual_seed(0)
     m = YOLOv3(width=0.125)

@@ -58,7 +58,8 @@ def test_space_refuses_bad_arguments_with_a_message(trained_weights, space, shap
     cases = [
         (["--out", str(space)], "not an empty folder"),
         (["--out", str(tmp_path / "a")], "needs calibration images"),
-        (["--out", str(tmp_path / "b"), "--format", "onnx", "--backend", "torch"], "torch backend needs torch weights"),
+        (["--out", str(tmp_path / "b"), "--format", "onnx", "--backend", "torch"],
+         "the torch backend runs torch weights"),
         (["--out", str(tmp_path / "c"), "--format", "onnx", "--examples", str(tmp_path / "none.png")], "none.png"),
     ]
     for args, message in cases:
@@ -71,6 +72,29 @@ def test_space_refuses_bad_arguments_with_a_message(trained_weights, space, shap
     with pytest.raises(SystemExit, match="float32"):  # an int8 export is not served as float32
         main(["space", "--weights", str(space / "model.onnx"), "--out", str(tmp_path / "d"), "--format", "onnx",
               "--examples", str(shape_images[0])])
+    with pytest.raises(SystemExit, match="served as it is"):  # nothing to calibrate in an int8 export
+        main(["space", "--weights", str(space / "model.onnx"), "--out", str(tmp_path / "e"),
+              "--examples", str(shape_images[0]), "--data", str(shape_images[0].parent)])
+    with pytest.raises(SystemExit, match="--data apply to --format onnx-int8 only"):
+        main(["space", "--weights", str(trained_weights), "--out", str(tmp_path / "f"), "--format", "onnx",
+              "--examples", str(shape_images[0]), "--data", str(shape_images[0].parent)])
+
+
+def test_a_safetensors_space_on_onnxruntime_ships_both_weights(trained_weights, shape_images, tmp_path):
+    """Detections from an ONNX file exported at build time (exporting at start-up would need
+    the onnx package, which the Space does not install), explanations from the safetensors."""
+    import runpy
+
+    out = tmp_path / "st-space"
+    main(["space", "--weights", str(trained_weights), "--out", str(out), "--format", "safetensors",
+          "--backend", "onnxruntime", "--examples", str(shape_images[0])])
+    assert {"model.onnx", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert "safetensors" in (out / "requirements.txt").read_text()
+    app = runpy.run_path(str(out / "app.py"), run_name="not_main")["app"]  # built, not served
+    assert app.detector.backend == "onnxruntime" and app.detector.source.endswith("model.onnx")
+    assert app.explainer is not None and app.explainer.source.endswith("model.safetensors")
+    explained = app.predict(str(out / "examples" / shape_images[0].name), conf=0.3, cam="Grad-CAM (one detection)")
+    assert explained.cam is not None
 
 
 def _find_links() -> list[str]:

@@ -179,6 +179,9 @@ def _export(args: argparse.Namespace) -> None:
         raise SystemExit(f"yolov3 export: {args.out}: name the file .safetensors or .onnx, or pass --format")
     if args.int8 and fmt != "onnx":
         raise SystemExit(f"yolov3 export: --int8 writes an ONNX model; {args.out} is a {fmt} file (name it .onnx)")
+    if not args.int8 and _int8_options_given(args):
+        raise SystemExit(f"yolov3 export: {', '.join(_int8_options_given(args))} apply to --int8 only "
+                         "(add --int8 to quantise, or leave them out for a float export)")
     if args.int8 and not args.data:
         raise SystemExit("yolov3 export: --int8 needs calibration images: --data <dataset root> (its training "
                          "split calibrates, its test split scores) or --data <image files or folders>")
@@ -206,6 +209,13 @@ def _export_int8(detector, args: argparse.Namespace) -> dict:
     return export_int8(detector, args.out, calibration, args.calib, evaluation, args.calib_method)
 
 
+def _int8_options_given(args: argparse.Namespace) -> list[str]:
+    """The int8 options given on the command line (their defaults left out)."""
+    given = {"--data": args.data, "--calib": args.calib != 64, "--calib-split": args.calib_split,
+             "--eval-split": args.eval_split, "--no-eval": args.no_eval, "--calib-method": args.calib_method != "minmax"}
+    return [name for name, value in given.items() if value]
+
+
 def _int8_images(args: argparse.Namespace, class_names):
     """(calibration, evaluation) ImageSets from --data, --calib-split, --eval-split and
     --no-eval; (None, None) without --data. Scoring needs a dataset root (labels)."""
@@ -214,9 +224,15 @@ def _int8_images(args: argparse.Namespace, class_names):
     if not args.data:
         return None, None
     calibration = open_images(args.data, args.calib_split, "train", class_names)
+    if calibration.source is None and args.eval_split:
+        raise ValueError(f"--eval-split needs a dataset root (labels to score with), not image files: "
+                         f"{calibration.label}")
     evaluation = None
     if calibration.source is not None and not args.no_eval:
         evaluation = open_images(args.data, args.eval_split, "test", class_names)
+    elif calibration.source is None:
+        print(f"note: {calibration.label} holds no labels, so float32 and int8 are not scored; pass a dataset "
+              "root (Kaggle or VOCdevkit layout) as --data for the before/after VOC07 mAP")
     return calibration, evaluation
 
 
@@ -226,8 +242,8 @@ def _print_int8(report: dict) -> None:
           f"(export, calibration{scored}: {report['seconds']:.0f} s)")
     if "int8" in report:
         a, b = report["fp32"], report["int8"]
-        print(f"VOC07 mAP on {b['split']} ({b['num_images']} images): float32 {a['map_07']:.4f}, "
-              f"int8 {b['map_07']:.4f} ({100 * (b['map_07'] - a['map_07']):+.2f} points)")
+        print(f"VOC07 mAP on {b['split']} ({b['num_images']} images): float32 {100 * a['map_07']:.2f}, "
+              f"int8 {100 * b['map_07']:.2f} ({100 * (b['map_07'] - a['map_07']):+.2f} points)")
 
 
 def _space(args: argparse.Namespace) -> None:
@@ -235,6 +251,8 @@ def _space(args: argparse.Namespace) -> None:
     from yolov3.detector import Detector
     from yolov3.space import build_space
 
+    if args.format != "onnx-int8" and _int8_options_given(args):
+        raise SystemExit(f"yolov3 space: {', '.join(_int8_options_given(args))} apply to --format onnx-int8 only")
     try:
         names = Detector.load(args.weights).class_names
         calibration, evaluation = _int8_images(args, names) if args.format == "onnx-int8" else (None, None)
@@ -247,7 +265,7 @@ def _space(args: argparse.Namespace) -> None:
         _print_int8(summary["int8"])
     print(f"wrote the Space folder {summary['out']}: app.py, {Path(summary['weights']).name} ({summary['format']}, "
           f"run by {summary['backend']}), {summary['examples']} examples, requirements.txt, README.md")
-    print(f"try it: cd {summary['out']} && python app.py; publish it: see {summary['out']}/README.md")
+    print(f"{summary['out']}/README.md says how to try it in a fresh virtualenv and how to publish it")
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -323,7 +341,8 @@ def _add_detector_args(p: argparse.ArgumentParser, weights_required: bool = True
                    help="NMS IoU threshold (default: the one the weights were evaluated with, else 0.45)")
     p.add_argument("--size", type=int, default=None,
                    help="input size, a multiple of 32 (default: the size the weights were evaluated at, else 416)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when there is one; the onnxruntime backend runs on the cpu)")
 
 
 def _add_backend_arg(p: argparse.ArgumentParser, note: str = "") -> None:
@@ -422,7 +441,10 @@ def _own_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse
     p.add_argument("--max-queue", type=int, default=16, help="requests that may wait (default 16)")
 
     p = sub.add_parser("export", help="write a checkpoint's weights as one .safetensors file (loads without "
-                                      "pickle) or as an ONNX model (opset 17, dynamic batch and size)")
+                                      "pickle) or as an ONNX model (opset 17, dynamic batch and size)",
+                       description="Writes the weights with the detector's settings (class names, sizes, NMS) "
+                                   "as .safetensors or .onnx (from the --out suffix); --int8 quantises the ONNX "
+                                   "model, calibrated on --data images, and scores it against float32.")
     p.add_argument("--weights", required=True, help="a .ckpt checkpoint or a .safetensors export")
     p.add_argument("--out", required=True, help="the file to write (.safetensors or .onnx)")
     p.add_argument("--format", choices=("safetensors", "onnx"), default=None,

@@ -189,7 +189,7 @@ class Detector:
     def _require_torch_weights(self) -> None:
         """Exports write the torch weights; raise ValueError (naming the file) without them."""
         if self.backend != "torch":
-            raise ValueError(f"{self.source}: exporting needs torch weights and this is an {self.backend} export; "
+            raise ValueError(f"{self.source}: exporting needs torch weights and this is an ONNX export; "
                              "export from the .ckpt or .safetensors file")
 
     def save_onnx(self, path: str | Path | None = None, calibration: Iterable[np.ndarray] | None = None,

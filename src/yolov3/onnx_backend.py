@@ -19,6 +19,7 @@ which an ONNX Runtime session does not give: they need the torch backend.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import itertools
@@ -142,9 +143,10 @@ def quantize_int8(model: bytes, calibration: Iterable[np.ndarray], path: str | P
         # that what is quantised is the graph that will run (symbolic shape inference
         # gives up on the dynamic height and width, and is not needed for convolutions)
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=head_convs(onnx.load(str(prepared))), calibrate_method=methods[method])
+        with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print their progress
+            quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=head_convs(onnx.load(str(prepared))), calibrate_method=methods[method])
         quantized = onnx.load(str(target))
     meta = {p.key: p.value for p in proto.metadata_props}
     meta.update({"precision": "int8", "calibration_images": str(seen)})

@@ -64,7 +64,8 @@ def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", ba
         raise SpaceError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     backend = backend or ("torch" if fmt == "safetensors" else "onnxruntime")
     if backend == "torch" and fmt != "safetensors":
-        raise SpaceError(f"the torch backend needs torch weights: pass --format safetensors, not {fmt}")
+        raise SpaceError(f"the torch backend runs torch weights, and --format {fmt} ships ONNX ones: pass "
+                         "--format safetensors (with .ckpt or .safetensors --weights)")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SpaceError(f"{out}: exists and is not an empty folder; name a new one (nothing was written)")
@@ -77,11 +78,14 @@ def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", ba
 
     detector = Detector.load(weights)
     kind = weights_format(weights)
+    if kind == "onnx" and calibration is not None:
+        raise SpaceError(f"{weights}: an ONNX export is served as it is; calibration images (--data) are for "
+                         "quantising torch weights (pass the .ckpt or .safetensors file to quantise)")
     if kind == "onnx" and fmt == "safetensors":
         raise SpaceError(f"{weights}: an ONNX export holds no torch weights to write as safetensors")
     if kind == "onnx" and (fmt == "onnx-int8") != (detector.precision == "int8"):
         wanted = "int8" if fmt == "onnx-int8" else "float32"
-        raise SpaceError(f"{weights}: a {detector.precision} ONNX export, and the Space is to serve {wanted} "
+        raise SpaceError(f"{weights}: an ONNX export in {detector.precision}, and the Space is to serve {wanted} "
                          f"(quantise from the .ckpt or .safetensors weights, or pass --format "
                          f"{'onnx' if fmt == 'onnx-int8' else 'onnx-int8'})")
     if fmt == "onnx-int8" and kind != "onnx" and calibration is None:
@@ -99,7 +103,13 @@ def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", ba
         detector.save_onnx(target)
     else:
         detector.save_safetensors(target)
-    served = Detector.load(target)  # what the Space will load: its settings go into the README
+    detect_file = target
+    if fmt == "safetensors" and backend == "onnxruntime":
+        # detections from an ONNX export shipped beside the weights (exporting at start-up
+        # would need the onnx package in the Space); explanations from the safetensors
+        detect_file = out / "model.onnx"
+        detector.save_onnx(detect_file)
+    served = Detector.load(detect_file)  # what the Space will load: its settings go into the README
 
     (out / "examples").mkdir()
     copied = []
@@ -111,8 +121,9 @@ def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", ba
     shutil.copytree(package, out / "yolov3", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     requirements = runtime_requirements(safetensors=fmt == "safetensors")
     (out / "requirements.txt").write_text(requirements)
-    (out / "app.py").write_text(APP_PY.format(weights=target.name, backend=backend))
-    (out / "README.md").write_text(_readme(title, served, fmt, backend, report.get("int8"), weights))
+    explain = repr(target.name) if detect_file != target else None  # torch weights beside an ONNX detector
+    (out / "app.py").write_text(APP_PY.format(weights=detect_file.name, explain=explain))
+    (out / "README.md").write_text(_readme(title, served, fmt, backend, weights))
     (out / ".gitattributes").write_text("*.onnx filter=lfs diff=lfs merge=lfs -text\n"
                                         "*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
     return {"out": str(out), "weights": str(target), "format": fmt, "backend": backend, "examples": len(copied),
@@ -150,15 +161,14 @@ from yolov3.app import DetectorApp, serve
 from yolov3.detector import Detector
 
 HERE = Path(__file__).resolve().parent
-WEIGHTS = HERE / "{weights}"
-BACKEND = "{backend}"
+WEIGHTS = HERE / "{weights}"  # what detects: ONNX weights run in ONNX Runtime, safetensors in torch
 
 detector = Detector.load(WEIGHTS)
-# Explanations (Grad-CAM, EigenCAM) need the torch weights: with ONNX weights the page says so.
-explainer = detector if detector.backend == "torch" else None
-detector = detector.with_backend(BACKEND)
+# Explanations (Grad-CAM, EigenCAM) need torch weights: without them the page says so.
+EXPLAIN_WEIGHTS = {explain}
+explainer = Detector.load(HERE / EXPLAIN_WEIGHTS) if EXPLAIN_WEIGHTS else None
 examples = sorted(str(p) for p in (HERE / "examples").iterdir() if p.is_file())
-app = DetectorApp(detector, examples, explainer=explainer)
+app = DetectorApp(detector, examples, explainer=explainer)  # a torch detector explains itself
 
 if __name__ == "__main__":
     serve(app, host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -166,7 +176,7 @@ if __name__ == "__main__":
 '''
 
 
-def _readme(title: str, detector, fmt: str, backend: str, int8: dict | None, weights) -> str:
+def _readme(title: str, detector, fmt: str, backend: str, weights) -> str:
     gradio = importlib_metadata.version("gradio")
     python = f"{sys.version_info.major}.{sys.version_info.minor}"  # the Python it was tested with
     classes = ", ".join(detector.class_names)
@@ -181,11 +191,11 @@ def _readme(title: str, detector, fmt: str, backend: str, int8: dict | None, wei
              f"{detector.score_mode}",
              "- explanations (Grad-CAM, EigenCAM): " + ("on" if fmt == "safetensors" else
                                                       "not with ONNX weights (they need the torch weights)")]
-    if int8 and "int8" in int8:
-        a, b = int8["fp32"], int8["int8"]
-        lines.append(f"- int8 check: VOC07 mAP {b['map_07']:.4f} against {a['map_07']:.4f} in float32 on "
-                     f"{b['split']} ({b['num_images']} images), calibrated on {int8['calibration_images']} "
-                     f"images of {int8['calibration']}")
+    meta = getattr(detector.model, "metadata", {})  # what an int8 export recorded of its check
+    if "map_07_int8" in meta:
+        lines.append(f"- int8 check: VOC07 mAP {100 * float(meta['map_07_int8']):.2f} against "
+                     f"{100 * float(meta['map_07_fp32']):.2f} in float32 on {meta.get('eval_split', '?')}, "
+                     f"calibrated on {meta.get('calibration_images', '?')} images")
     lines += ["", "Written by `yolov3 space`. Try it here first (the virtualenv outside this folder, so "
               "that it is not uploaded with it):", "", "```",
               "python -m venv ../space-venv && ../space-venv/bin/pip install -r requirements.txt",
