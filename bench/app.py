@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from app_server import app_server  # noqa: E402
 
-from yolov3.app import CAM_EIGEN, CAM_GRAD, CAM_NONE, DetectorApp  # noqa: E402
+from yolov3.commands.app import CAM_EIGEN, CAM_GRAD, CAM_NONE, DetectorApp  # noqa: E402
 from yolov3.data.sample import load_rgb  # noqa: E402
 from yolov3.data.synthetic import render_image  # noqa: E402
 from yolov3.detector import Detector  # noqa: E402

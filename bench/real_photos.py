@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="bench/results/real_photos.json")
     args, overrides = p.parse_known_args(argv)
 
-    from yolov3.cli import load_cli
+    from yolov3.commands.lightning_cli import load_cli
     from yolov3.viz import plot_training_curves
 
     cli = load_cli(args.config, ["--data.root", args.root, "--data.layout", "voc", "--data.train_split", args.split,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import yolov3.app as app_mod
-from yolov3.app import CAM_EIGEN, CAM_GRAD, DetectorApp, UploadError, read_upload
+import yolov3.commands.app as app_mod
+from yolov3.commands.app import CAM_EIGEN, CAM_GRAD, DetectorApp, UploadError, read_upload
 from yolov3.data.sample import load_rgb
-from yolov3.detect import coco_records
+from yolov3.commands.detect import coco_records
 from yolov3.detector import Detector
 
 
@@ -222,7 +222,7 @@ def test_the_page_builds_with_one_api_endpoint(app, tmp_path):
 
 
 def test_yolov3_app_bad_start_up_gets_clear_messages(tmp_path, monkeypatch, bad_uploads, trained_weights):
-    from yolov3.cli import main
+    from yolov3.commands.cli import main
 
     monkeypatch.chdir(tmp_path)  # no runs/demo here
     with pytest.raises(SystemExit, match=r"no --weights given and no demo checkpoint at runs/demo/checkpoints/"

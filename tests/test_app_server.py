@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from app_server import CHROMIUM, CHROMIUM_ARGS, app_server
-from yolov3.cli import main
+from yolov3.commands.cli import main
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -199,7 +199,7 @@ def test_requests_beyond_the_queue_are_refused_with_a_message(small_queue_server
     server goes on serving."""
     import time
 
-    from yolov3.app import BUSY
+    from yolov3.commands.app import BUSY
 
     url, log = small_queue_server
     t0 = time.monotonic()

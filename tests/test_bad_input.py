@@ -473,7 +473,7 @@ def test_printable_escapes_only_undecodable_bytes() -> None:
 
 
 def test_detect_output_under_a_file_fails_before_the_model_loads(tmp_path) -> None:
-    from yolov3.detect import OutputError, run_detect
+    from yolov3.commands.detect import OutputError, run_detect
 
     image = _file(tmp_path, "a.jpg", jpeg_bytes(noise()))
     blocker = _file(tmp_path, "file", b"x")
@@ -489,7 +489,7 @@ def test_detect_output_under_a_file_fails_before_the_model_loads(tmp_path) -> No
 def test_detect_output_not_writable_simulated(tmp_path, monkeypatch) -> None:
     import tempfile
 
-    from yolov3.detect import OutputError, run_detect
+    from yolov3.commands.detect import OutputError, run_detect
 
     image = _file(tmp_path, "a.jpg", jpeg_bytes(noise()))
 
@@ -505,7 +505,7 @@ def test_detect_output_not_writable_simulated(tmp_path, monkeypatch) -> None:
 
 @NOT_ROOT
 def test_detect_output_not_writable(tmp_path) -> None:
-    from yolov3.detect import OutputError, run_detect
+    from yolov3.commands.detect import OutputError, run_detect
 
     image = _file(tmp_path, "a.jpg", jpeg_bytes(noise()))
     locked = tmp_path / "locked"
@@ -515,7 +515,7 @@ def test_detect_output_not_writable(tmp_path) -> None:
 
 
 def test_detect_bad_images_stop_it_before_the_model_and_create_nothing(tmp_path) -> None:
-    from yolov3.detect import run_detect
+    from yolov3.commands.detect import run_detect
 
     good = _file(tmp_path, "a.jpg", jpeg_bytes(noise()))
     data = jpeg_bytes(noise(seed=1))
@@ -530,7 +530,7 @@ def test_detect_bad_images_stop_it_before_the_model_and_create_nothing(tmp_path)
 
 
 def test_detect_pixel_limit_names_the_option(tmp_path) -> None:
-    from yolov3.detect import MAX_PIXELS as DETECT_MAX, run_detect
+    from yolov3.commands.detect import MAX_PIXELS as DETECT_MAX, run_detect
 
     assert DETECT_MAX == 40_000_000
     big = _file(tmp_path, "big.png", png_header(8000, 6000))  # 48 MP: above 40, below Pillow's warning
@@ -546,7 +546,7 @@ def test_detect_pixel_limit_names_the_option(tmp_path) -> None:
 
 
 def test_detect_file_changed_mid_run_leaves_no_empty_folder(tmp_path, tiny_checkpoint, monkeypatch) -> None:
-    import yolov3.detect as detect_mod
+    import yolov3.commands.detect as detect_mod
 
     image = _file(tmp_path, "a.jpg", jpeg_bytes(noise()))
 
@@ -564,7 +564,7 @@ def test_detect_non_utf8_name_exif_note_and_skip_bad(tmp_path, tiny_checkpoint) 
     """One run: a file whose name is not UTF-8 goes into detections.json as valid JSON that
     keeps its exact bytes; an EXIF-oriented image gets a note; a bad image is skipped and
     listed."""
-    from yolov3.detect import run_detect
+    from yolov3.commands.detect import run_detect
 
     src = tmp_path / "in"
     src.mkdir()
@@ -597,7 +597,7 @@ def test_commands_print_a_data_error_as_one_line(command, synth_root, tmp_path, 
     import shutil
     import sys
 
-    from yolov3.cli import main
+    from yolov3.commands.cli import main
 
     root = tmp_path / "data"
     shutil.copytree(synth_root, root)
@@ -614,7 +614,7 @@ def test_commands_print_a_data_error_as_one_line(command, synth_root, tmp_path, 
 
 
 def test_detect_cli_takes_max_pixels(tmp_path) -> None:
-    from yolov3.cli import main
+    from yolov3.commands.cli import main
 
     big = _file(tmp_path, "big.png", png_header(8000, 6000))
     with pytest.raises(SystemExit, match="more than detect's limit of 40.0 MP"):

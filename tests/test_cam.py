@@ -477,7 +477,7 @@ def weights(trained, tmp_path_factory):
 def test_cli_writes_overlays_per_detection_and_per_image(weights, sanity_set, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from yolov3.cli import main
+    from yolov3.commands.cli import main
 
     monkeypatch.setattr(sys, "argv", ["yolov3"])
     files = []
@@ -504,7 +504,7 @@ def test_cli_writes_overlays_per_detection_and_per_image(weights, sanity_set, tm
 def test_cli_eigencam_and_errors(weights, sanity_set, tmp_path, monkeypatch):
     from PIL import Image
 
-    from yolov3.cli import main
+    from yolov3.commands.cli import main
 
     monkeypatch.setattr(sys, "argv", ["yolov3"])
     good = tmp_path / "good.png"

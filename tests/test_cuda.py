@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from yolov3.cli import resolve_precision
+from yolov3.commands.lightning_cli import resolve_precision
 from yolov3.data.augment import AugmentConfig
 from yolov3.data.datamodule import YoloDataModule
 from yolov3.lit import YoloLitModule

@@ -3,7 +3,7 @@
 import json
 import sys
 
-from yolov3.cli import main
+from yolov3.commands.cli import main
 
 
 def test_demo_writes_the_report(tmp_path, monkeypatch, capsys):

@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (it is i
 
 from tiny_detector import NUM_CLASSES, two_objects  # noqa: E402
 
-from yolov3.cli import main  # noqa: E402
+from yolov3.commands.cli import main  # noqa: E402
 from yolov3.deploy import calibration_images, evaluate_detector, open_images, spread  # noqa: E402
 from yolov3.detector import Detector  # noqa: E402
 from yolov3.onnx_backend import quantize_int8  # noqa: E402

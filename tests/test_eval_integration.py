@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from yolov3.boxes import undo_letterbox
-from yolov3.cli import main
+from yolov3.commands.cli import main
 from yolov3.data.augment import letterbox
 from yolov3.data.datamodule import YoloDataModule
 from yolov3.data.sample import Sample
@@ -272,7 +272,7 @@ def test_detect_cam_and_app_take_the_evaluation_settings_of_the_checkpoint(synth
     """A model validated with score_mode "obj", NMS IoU 0.6 and 7 detections per image is
     served that way by Detector.load, its safetensors export, `yolov3 detect` and the app,
     unless the caller overrides a setting; the confidence cut stays the caller's (0.25)."""
-    from yolov3.app import DetectorApp
+    from yolov3.commands.app import DetectorApp
 
     torch.manual_seed(0)
     module = YoloLitModule(width=0.0625, score_mode="obj", eval_iou_threshold=0.6, eval_max_detections=7)

@@ -91,8 +91,8 @@ def test_with_backend_exports_in_memory(trained_weights):
 
 
 def test_cli_export_then_detect_with_onnx(trained_weights, shape_images, tmp_path):
-    from yolov3.cli import main
-    from yolov3.detect import run_detect
+    from yolov3.commands.cli import main
+    from yolov3.commands.detect import run_detect
 
     out = tmp_path / "m.onnx"
     main(["export", "--weights", str(trained_weights), "--out", str(out)])
@@ -113,7 +113,7 @@ def test_cli_export_then_detect_with_onnx(trained_weights, shape_images, tmp_pat
 
 
 def test_cli_export_rejects_an_unknown_suffix(trained_weights, tmp_path):
-    from yolov3.cli import main
+    from yolov3.commands.cli import main
 
     with pytest.raises(SystemExit, match="name the file .safetensors or .onnx"):
         main(["export", "--weights", str(trained_weights), "--out", str(tmp_path / "m.bin")])
@@ -122,7 +122,7 @@ def test_cli_export_rejects_an_unknown_suffix(trained_weights, tmp_path):
 def test_exports_load_as_what_they_are_whatever_their_name(trained_weights, onnx_weights, tmp_path):
     import shutil
 
-    from yolov3.cli import main
+    from yolov3.commands.cli import main
     from yolov3.detector import weights_format
 
     main(["export", "--weights", str(trained_weights), "--out", str(tmp_path / "m.bin"), "--format", "onnx"])
@@ -136,7 +136,7 @@ def test_exports_load_as_what_they_are_whatever_their_name(trained_weights, onnx
 
 
 def test_cam_refuses_onnx_weights_with_a_reason(onnx_weights, shape_images, tmp_path):
-    from yolov3.cam import run_cam
+    from yolov3.commands.cam import run_cam
 
     with pytest.raises(ValueError, match="need gradients and the network's feature maps"):
         run_cam([str(shape_images[0])], str(onnx_weights), str(tmp_path / "cam"))
@@ -169,7 +169,7 @@ def test_bad_onnx_files_are_named(tmp_path):
 
 
 def test_the_app_serves_onnx_weights_and_says_what_needs_torch(trained_weights, onnx_weights, shape_images):
-    from yolov3.app import CAM_GRAD, DetectorApp, UploadError
+    from yolov3.commands.app import CAM_GRAD, DetectorApp, UploadError
 
     image = str(shape_images[0])
     ref = DetectorApp(Detector.load(trained_weights)).predict(image, conf=0.3)
@@ -195,11 +195,11 @@ def test_the_app_serves_onnx_weights_and_says_what_needs_torch(trained_weights, 
     ("torch", "onnxruntime", "onnxruntime", True), ("onnx", None, "onnxruntime", False), ("torch", None, "torch", True),
 ])
 def test_yolov3_app_takes_a_backend(trained_weights, onnx_weights, monkeypatch, weights, backend, served, explains):
-    import yolov3.app
-    from yolov3.cli import main
+    import yolov3.commands.app
+    from yolov3.commands.cli import main
 
     started = []
-    monkeypatch.setattr(yolov3.app, "serve", lambda app, **kw: started.append(app))
+    monkeypatch.setattr(yolov3.commands.app, "serve", lambda app, **kw: started.append(app))
     path = trained_weights if weights == "torch" else onnx_weights
     main(["app", "--weights", str(path), *(["--backend", backend] if backend else [])])
     (app,) = started
@@ -207,7 +207,7 @@ def test_yolov3_app_takes_a_backend(trained_weights, onnx_weights, monkeypatch, 
 
 
 def test_yolov3_app_refuses_torch_backend_for_onnx_weights(onnx_weights):
-    from yolov3.cli import main
+    from yolov3.commands.cli import main
 
     with pytest.raises(SystemExit, match="holds no torch weights"):
         main(["app", "--weights", str(onnx_weights), "--backend", "torch"])

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from yolov3.checkpoint_io import CheckpointError, SafeCheckpointIO, load_checkpoint, save_atomic
-from yolov3.cli import load_cli, main
+from yolov3.commands.cli import main
+from yolov3.commands.lightning_cli import load_cli
 from yolov3.detector import Detector
 
 ROOT = Path(__file__).parent.parent

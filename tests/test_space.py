@@ -17,9 +17,9 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (it is i
 
 from app_server import free_port, server_process  # noqa: E402
 
-from yolov3.cli import main  # noqa: E402
+from yolov3.commands.cli import main  # noqa: E402
 from yolov3.detector import Detector  # noqa: E402
-from yolov3.space import RUNTIME, TORCH_CPU_INDEX  # noqa: E402
+from yolov3.commands.space import RUNTIME, TORCH_CPU_INDEX  # noqa: E402
 
 SETTINGS = {"conf": 0.3, "iou": 0.5, "size": 128}
 

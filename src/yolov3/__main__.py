@@ -1,3 +1,3 @@
-from yolov3.cli import main
+from yolov3.commands.cli import main
 
 main()

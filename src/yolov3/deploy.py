@@ -2,7 +2,7 @@
 Detector (torch or ONNX Runtime, float or int8) on a labelled split.
 
 The network's ONNX mechanics (export, quantisation, the ONNX Runtime session) are
-yolov3.onnx_backend; the Hugging Face Space folder is yolov3.space. This module picks the
+yolov3.onnx_backend; the Hugging Face Space folder is yolov3.commands.space. This module picks the
 images (calibration from a training split, scoring on a test split) and measures.
 """
 
@@ -55,7 +55,7 @@ def open_images(data: Sequence[str], split: str | None, role: str,
     """
     from yolov3.constants import VOC_CLASSES
     from yolov3.data.sources import detect_layout, open_source
-    from yolov3.detect import expand_sources
+    from yolov3.data.sample import expand_sources
 
     if len(data) == 1 and Path(data[0]).is_dir():
         root = Path(data[0])

@@ -7,9 +7,10 @@ it) but never applied, because VOC boxes are drawn on the stored pixels, as the 
 
 from __future__ import annotations
 
+import glob
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,3 +218,26 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
             return im.size[0], im.size[1], _orientation(im)
     except _READ_ERRORS as exc:
         raise _cannot_read(path, exc) from None
+
+
+def expand_sources(sources: Sequence[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths, in order, no repeats.
+
+    Raises FileNotFoundError naming a source that matches nothing.
+    """
+    paths: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if any(ch in src for ch in "*?["):
+            found = [Path(m) for m in sorted(glob.glob(src, recursive=True)) if Path(m).suffix.lower() in IMAGE_SUFFIXES]
+        elif p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found = [p]
+        else:
+            raise FileNotFoundError(f"{printable(src)}: no such file or folder")
+        if not found:
+            raise FileNotFoundError(f"{printable(src)}: no images in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        paths += found
+    seen: set[Path] = set()
+    return [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))]

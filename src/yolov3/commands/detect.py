@@ -11,7 +11,6 @@ carries one gets a note in the summary.
 from __future__ import annotations
 
 import base64
-import glob
 import json
 import logging
 import os
@@ -20,43 +19,20 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from yolov3.data.sample import IMAGE_SUFFIXES, ORIENTATIONS, DataError, image_header, load_rgb, printable, read_image
+from yolov3.data.sample import ORIENTATIONS, DataError, expand_sources, image_header, load_rgb, printable, read_image
 
-# The same limit as the app (yolov3.app.MAX_PIXELS): above it an image is refused from its
+# The same limit as the app (yolov3.commands.app.MAX_PIXELS): above it an image is refused from its
 # header, before decoding, unless the caller raises it (`yolov3 detect --max-pixels`).
 MAX_PIXELS = 40_000_000
 
 # Decoding runs in C without the GIL, so threads use every core.
 _MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 
-log = logging.getLogger("yolov3.detect")
+log = logging.getLogger("yolov3.commands.detect")
 
 
 class OutputError(ValueError):
     """The output folder cannot be created or written; the message names it."""
-
-
-def expand_sources(sources: Sequence[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths, in order, no repeats.
-
-    Raises FileNotFoundError naming a source that matches nothing.
-    """
-    paths: list[Path] = []
-    for src in sources:
-        p = Path(src)
-        if any(ch in src for ch in "*?["):
-            found = [Path(m) for m in sorted(glob.glob(src, recursive=True)) if Path(m).suffix.lower() in IMAGE_SUFFIXES]
-        elif p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found = [p]
-        else:
-            raise FileNotFoundError(f"{printable(src)}: no such file or folder")
-        if not found:
-            raise FileNotFoundError(f"{printable(src)}: no images in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        paths += found
-    seen: set[Path] = set()
-    return [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
 def json_file_name(name: str) -> dict:

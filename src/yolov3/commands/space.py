@@ -1,5 +1,5 @@
 """`yolov3 space`: a Hugging Face Space folder, ready to upload, that serves a detector with
-this project's app (yolov3.app) on a CPU.
+this project's app (yolov3.commands.app) on a CPU.
 
 The folder holds:
   app.py            builds the Detector and serves DetectorApp (Gradio), on the address and
@@ -117,7 +117,7 @@ def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", ba
         name = e.name if e.name not in copied else f"{k}_{e.name}"
         shutil.copyfile(e, out / "examples" / name)
         copied.append(name)
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # the yolov3 package (this is yolov3/commands/space.py)
     shutil.copytree(package, out / "yolov3", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     requirements = runtime_requirements(safetensors=fmt == "safetensors")
     (out / "requirements.txt").write_text(requirements)
@@ -157,7 +157,7 @@ Space says (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT).
 import os
 from pathlib import Path
 
-from yolov3.app import DetectorApp, serve
+from yolov3.commands.app import DetectorApp, serve
 from yolov3.detector import Detector
 
 HERE = Path(__file__).resolve().parent

@@ -32,7 +32,7 @@ from PIL import Image
 
 from yolov3.data.sample import DataError, image_size, load_rgb
 
-log = logging.getLogger("yolov3.app")
+log = logging.getLogger("yolov3.commands.app")
 
 DEMO_WEIGHTS = Path("runs/demo/checkpoints/best.ckpt")
 DEMO_EXAMPLES = Path("runs/demo/examples")
@@ -223,7 +223,7 @@ class DetectorApp:
         `path`) is refused with an UploadError that names the setting.
         """
         from yolov3.cam import ImageCAM, explain, render
-        from yolov3.detect import coco_records
+        from yolov3.commands.detect import coco_records
         from yolov3.viz import draw_boxes
 
         if cam not in CAM_CHOICES:
@@ -527,7 +527,7 @@ def _explain_queue_full(page) -> None:
 
 def find_examples(paths: Sequence[str] = ()) -> list[str]:
     """Example images: those given (files, folders, globs), else the demo's synthetic test images."""
-    from yolov3.detect import expand_sources
+    from yolov3.data.sample import expand_sources
 
     if paths:
         return [str(p) for p in expand_sources(paths)]

@@ -21,7 +21,7 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
     from rich.console import Console
     from rich.table import Table
 
-    from yolov3.cli import load_cli
+    from yolov3.commands.lightning_cli import load_cli
     from yolov3.data.synthetic import generate
 
     t0 = time.perf_counter()
@@ -66,7 +66,7 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
         "checkpoint": best,
         "seconds": {"data": round(t_data, 1), "fit": round(t_fit, 1), "test": round(t_test, 1)},
     }
-    from yolov3.report import ACCURACIES, summarise, write_report
+    from yolov3.commands.report import ACCURACIES, summarise, write_report
 
     write_report(summarise(test, model.test_results, dm.class_names), model.test_results, dm.class_names, out)
     _report_pictures(best, dm, out, Path(trainer.log_dir or out) / "metrics.csv")
@@ -115,11 +115,11 @@ def _report_pictures(checkpoint: str, dm, out: Path, metrics_csv: Path, n: int =
     for s in samples[:4]:
         shutil.copy2(s.path, examples / Path(s.path).name)
     # what `yolov3 detect` writes, on the first test images
-    from yolov3.detect import run_detect
+    from yolov3.commands.detect import run_detect
 
     run_detect([str(s.path) for s in samples[:4]], checkpoint, str(out / "detect"), size=dm.image_size)
     # what `yolov3 cam` writes: Grad-CAM of each detection, EigenCAM of each image
-    from yolov3.cam import run_cam
+    from yolov3.commands.cam import run_cam
 
     shutil.rmtree(out / "cam", ignore_errors=True)  # no overlays left over from an earlier run
     run_cam([str(s.path) for s in samples[:3]], checkpoint, str(out / "cam"), size=dm.image_size,

@@ -14,104 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from lightning.pytorch.cli import LightningCLI
 
 from yolov3.cam import METHODS as CAM_METHODS
-from yolov3.data.datamodule import YoloDataModule
-from yolov3.lit import YoloLitModule
+from yolov3.commands.lightning_cli import YoloCLI, load_cli
 
 log = logging.getLogger("yolov3")
-
-
-class YoloCLI(LightningCLI):
-    """LightningCLI with the project's defaults and links between model and data."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("trainer_defaults", {"use_distributed_sampler": False})
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(YoloLitModule, YoloDataModule, *args, **kwargs)
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads the model's hyper-parameters from --ckpt_path before anything
-        else; check the file our way first, so a refusal names it without torch's advice to
-        load it with weights_only=False."""
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            from yolov3.checkpoint_io import load_checkpoint
-
-            load_checkpoint(ckpt_path)
-        super()._parse_ckpt_path()
-
-    def instantiate_trainer(self, **kwargs):
-        """Every trainer writes checkpoints atomically and reads them without running code
-        (yolov3.checkpoint_io), `--ckpt_path` of fit, validate and test included."""
-        from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
-
-        from yolov3.checkpoint_io import SafeCheckpointIO
-
-        configured = self._get(self.config_init, "trainer", default={}).get("plugins")
-        plugins = list(configured) if isinstance(configured, (list, tuple)) else [configured] if configured else []
-        if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(SafeCheckpointIO())
-        return super().instantiate_trainer(plugins=plugins, **kwargs)
-
-    def after_fit(self) -> None:
-        trainer = self.trainer
-        if trainer.global_rank != 0 or trainer.checkpoint_callback is None:
-            return
-        best = trainer.checkpoint_callback.best_model_path
-        print(f"run folder {trainer.log_dir}" + (f"; best checkpoint {best}" if best else ""))
-        if best:
-            print(f"test it with: yolov3 test --config <this config> --ckpt_path {best}")
-
-    def after_test(self) -> None:
-        """`yolov3 test`: print the table and per-class AP; write results.json and the plots."""
-        model, trainer = self.model, self.trainer
-        if model.test_results is None or trainer.global_rank != 0:
-            return
-        from yolov3.report import print_report, summarise, write_report
-
-        names = self.datamodule.class_names
-        report = summarise(trainer.callback_metrics, model.test_results, names)
-        print_report(report)
-        out = Path(trainer.log_dir or trainer.default_root_dir)  # <run>/test/version_<k> (run_dirs)
-        paths = write_report(report, model.test_results, names, out)
-        print("wrote " + ", ".join(str(p) for p in paths))
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        config.trainer.precision = resolve_precision(config.trainer.precision, config.trainer.accelerator)
-        if self.subcommand:
-            from yolov3.run_dirs import place_run
-
-            config_name = place_run(config, self.subcommand)
-            if config_name:
-                self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": config_name}
-
-
-def resolve_precision(precision, accelerator) -> str | int | None:
-    """fp16 mixed precision needs CUDA: on a CPU run, say so and use bf16-mixed instead."""
-    if str(precision) not in ("16-mixed", "16"):
-        return precision
-    accel = str(accelerator) if accelerator is not None else "auto"
-    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
-    if on_cpu:
-        log.warning(
-            "precision %s (float16 mixed precision) runs only on CUDA; this run is on the CPU, "
-            "so it trains in bf16-mixed instead", precision)
-        return "bf16-mixed"
-    return precision
-
-
-def load_cli(config: str, overrides: list[str] | None = None) -> YoloCLI:
-    """Instantiate trainer, model and data from a config (plus CLI-style overrides) without running."""
-    with warnings.catch_warnings():
-        # We hand LightningCLI its own argument list on purpose, while sys.argv holds `demo ...`.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return YoloCLI(args=["--config", config, *(overrides or [])], run=False)
 
 
 def _show_batch(args: argparse.Namespace) -> None:
@@ -135,7 +42,7 @@ def _show_batch(args: argparse.Namespace) -> None:
 
 def _detect(args: argparse.Namespace) -> None:
     from yolov3.data.sample import DataError
-    from yolov3.detect import run_detect
+    from yolov3.commands.detect import run_detect
 
     try:
         summary = run_detect(args.sources, args.weights, args.out, conf=args.conf, iou=args.iou, size=args.size,
@@ -153,7 +60,7 @@ def _detect(args: argparse.Namespace) -> None:
 
 
 def _cam(args: argparse.Namespace) -> None:
-    from yolov3.cam import run_cam
+    from yolov3.commands.cam import run_cam
 
     try:
         summary = run_cam(args.images, args.weights, args.out, method=args.method, layer=args.layer, size=args.size,
@@ -247,9 +154,9 @@ def _print_int8(report: dict) -> None:
 
 
 def _space(args: argparse.Namespace) -> None:
-    from yolov3.app import find_examples
+    from yolov3.commands.app import find_examples
     from yolov3.detector import Detector
-    from yolov3.space import build_space
+    from yolov3.commands.space import build_space
 
     if args.format != "onnx-int8" and _int8_options_given(args):
         raise SystemExit(f"yolov3 space: {', '.join(_int8_options_given(args))} apply to --format onnx-int8 only")
@@ -295,14 +202,14 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from yolov3.demo import run_demo
+    from yolov3.commands.demo import run_demo
 
     run_demo(args.config, data_dir=args.data_dir, n_train=args.train, n_test=args.test, seed=args.seed,
              out_dir=args.out, overrides=args.overrides)
 
 
 def _app(args: argparse.Namespace) -> None:
-    from yolov3.app import DEMO_WEIGHTS, DetectorApp, find_examples, serve
+    from yolov3.commands.app import DEMO_WEIGHTS, DetectorApp, find_examples, serve
     from yolov3.detector import Detector
 
     weights = args.weights
