@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from yolov3.model import YOLOv3, count_parameters, scale_channels
 
@@ -42,11 +43,26 @@ def test_rejects_size_not_multiple_of_32():
 
 
 @pytest.mark.parametrize("width", [0.1, 0.125, 0.3, 0.5])
-def test_width_scales_parameters(width):
-    full = 61_626_499
-    n = count_parameters(YOLOv3(width=width))
-    assert n < full
-    assert scale_channels(1024, width) % 8 == 0
+def test_width_scales_every_layer(width):
+    """Layer by layer against the full model: each convolution's output channels are the full
+    model's at this width (scale_channels: a multiple of 8, at least 8) or, for the layers
+    that halve their input (residual bottlenecks, the heads' 1x1), half of their scaled input;
+    the head predictions (3 anchors x (5 + 20)) are unchanged, and so are kernels and strides.
+    The forward pass of test_head_shapes checks that the inputs match. Parameters then shrink
+    about as width^2."""
+    def convs(model):
+        return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+    full, narrow = convs(YOLOv3(width=1.0)), convs(YOLOv3(width=width))
+    assert len(full) == len(narrow) == 75
+    head = 3 * (5 + 20)
+    for f, n in zip(full, narrow):
+        want = {head} if f.out_channels == head else {scale_channels(f.out_channels, width),
+                                                      scale_channels(2 * f.out_channels, width) // 2}
+        assert n.out_channels in want and (n.kernel_size, n.stride) == (f.kernel_size, f.stride)
+        assert f.out_channels == head or n.out_channels < f.out_channels
+    ratio = count_parameters(YOLOv3(width=width)) / 61_626_499
+    assert 0.8 * width**2 < ratio < 1.5 * width**2, ratio
 
 
 def test_gradients_reach_every_trainable_parameter():
