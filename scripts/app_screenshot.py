@@ -1,4 +1,4 @@
-"""Take the README's screenshot of `yolov3 app`: the demo checkpoint, one of the demo's
+"""Take the screenshot in docs/app.md of `yolov3 app`: the demo checkpoint, one of the demo's
 example images, Grad-CAM of its first detection, in Debian's Chromium.
 
     python scripts/app_screenshot.py [--weights runs/demo/checkpoints/best.ckpt] [--out docs/app.png]

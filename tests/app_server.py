@@ -1,4 +1,4 @@
-"""Start and stop a real `yolov3 app` server for the app tests (and the README screenshot).
+"""Start and stop a real `yolov3 app` server for the app tests (and the screenshot in docs/app.md).
 
 The server is the command a user runs, in its own process, on a free loopback port.
 """

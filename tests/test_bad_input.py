@@ -1,4 +1,4 @@
-"""Every kind of bad input in the README's bad-input table, each with exactly what it gets.
+"""Every kind of bad input in the bad-input table of docs/training.md, each with exactly what it gets.
 
 Readers (KaggleVOC, VOCDevkit): a DataError whose message starts with the bad file's path and
 names the line (of the label file, or the split file that lists the image); with

@@ -33,7 +33,7 @@ class YoloLitModule(L.LightningModule):
         conf_threshold: objectness threshold of the course's accuracies.
         channels_last: run convolutions in NHWC layout, except those with fewer than 16
             output channels, which only reduced widths have (YOLOv3.use_channels_last;
-            measured on our 2-core CPU by bench/train_throughput.py, README "Benchmarks";
+            measured on our 2-core CPU by bench/train_throughput.py, docs/benchmarks.md;
             NHWC is also the layout tensor cores prefer under mixed precision).
         map_every_n_epochs: compute the VOC mAP in validation every n epochs (and at the last
             epoch); 0 never. Test always computes it, with COCO mAP as well.
