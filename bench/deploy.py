@@ -35,7 +35,7 @@ import torch
 from yolov3.data.synthetic import render_image
 from yolov3.detector import Detector
 from yolov3.model import YOLOv3
-from yolov3.onnx_backend import OnnxNetwork, quantize_int8
+from yolov3.onnx_backend import OnnxNetwork
 from common import describe_machine, report
 
 DEMO_WEIGHTS = Path("runs/demo/checkpoints/best.ckpt")

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import yolov3.commands.app as app_mod
+import yolov3.commands.requests as requests_mod
 from yolov3.commands.app import CAM_EIGEN, CAM_GRAD, DetectorApp, UploadError, read_upload
 from yolov3.data.sample import load_rgb
 from yolov3.commands.detect import coco_records
@@ -51,7 +52,7 @@ def test_a_huge_image_is_refused_from_its_header(bad_uploads, monkeypatch):
     def no_decoding(path):
         raise AssertionError("decoded a 100 MP image that should have been refused from its header")
 
-    monkeypatch.setattr(app_mod, "load_rgb", no_decoding)
+    monkeypatch.setattr(requests_mod, "load_rgb", no_decoding)
     with pytest.raises(UploadError, match="100 MP"):
         read_upload(bad_uploads / "huge.png")
 
@@ -324,16 +325,16 @@ def test_output_images_are_written_once_and_whole(tmp_path):
     writing of an array output truncates and rewrites it, which under load sent clients
     short files)."""
     image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    first = Path(app_mod._png_file(image, tmp_path, "detections.png"))
+    first = Path(requests_mod._png_file(image, tmp_path, "detections.png"))
     with Image.open(first) as im:
         np.testing.assert_array_equal(np.asarray(im), image)
     before = first.stat()
-    again = Path(app_mod._png_file(image.copy(), tmp_path, "detections.png"))
+    again = Path(requests_mod._png_file(image.copy(), tmp_path, "detections.png"))
     assert again == first and (again.stat().st_ino, again.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    other = Path(app_mod._png_file(255 - image, tmp_path, "detections.png"))
+    other = Path(requests_mod._png_file(255 - image, tmp_path, "detections.png"))
     assert other != first and other.name == "detections.png"
     assert not list(tmp_path.rglob("*.part"))
-    assert app_mod._png_file(None, tmp_path, "cam.png") is None
+    assert requests_mod._png_file(None, tmp_path, "cam.png") is None
 
 
 def test_requests_leave_no_components_behind(app, image_path):
