@@ -103,7 +103,7 @@ def _reference_jitter(image: np.ndarray, factors: dict, order: list) -> np.ndarr
 def test_colour_jitter_matrix_equals_the_steps_in_turn(seed):
     import cv2
 
-    from yolov3.data.augment import JITTER_OPS, colour_jitter_matrix
+    from yolov3.data.colour import JITTER_OPS, colour_jitter_matrix
 
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
@@ -117,7 +117,7 @@ def test_colour_jitter_matrix_equals_the_steps_in_turn(seed):
 
 
 def test_colour_jitter_ops_do_what_their_names_say():
-    from yolov3.data.augment import colour_jitter_matrix
+    from yolov3.data.colour import colour_jitter_matrix
 
     grey = np.array([90.0, 90.0, 90.0])
     red = np.array([200.0, 40.0, 40.0])
@@ -137,7 +137,8 @@ def test_colour_jitter_ops_do_what_their_names_say():
 
 
 def test_colour_jitter_draws_within_the_configured_ranges():
-    from yolov3.data.augment import AugmentConfig, colour_jitter
+    from yolov3.data.augment import AugmentConfig
+    from yolov3.data.colour import colour_jitter
 
     image = np.full((8, 8, 3), 100, dtype=np.uint8)
     cfg = AugmentConfig(brightness=0.3, contrast=0.0, saturation=0.0, hue=0.0)
