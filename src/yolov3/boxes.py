@@ -433,8 +433,8 @@ def postprocess_with_cells(
     """postprocess, plus where each detection came from in the head outputs (postprocess is
     this function without the cells: one path for every caller).
 
-    Same arguments and the same detections as postprocess. Explanations (yolov3.cam) need the source of each box to rebuild its
-    score from the raw outputs with the autograd graph kept.
+    Same arguments and the same detections as postprocess. Explanations (yolov3.cam) need the
+    source of each box to rebuild its score from the raw outputs with the autograd graph kept.
 
     Returns:
         dets: one (K, 6) float32 tensor per image, exactly as postprocess returns them.

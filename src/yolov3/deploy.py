@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from yolov3.data.sample import DataError, load_rgb
+from yolov3.onnx_backend import CALIB_METHODS
 
 # The VOC protocol's settings for detections that are scored, as training's evaluation uses
 # them (YoloLitModule's eval_conf_threshold and eval_max_candidates defaults).
 EVAL_CONF = 0.005
 EVAL_MAX_CANDIDATES = 1000
+# Calibration images of an int8 export when the caller does not say.
+CALIB_IMAGES = 64
 # The splits a dataset root is read with when none is named, by layout.
 DEFAULT_SPLITS = {"kaggle": ("train.csv", "test.csv"), "voc": ("2012-train", "2012-val")}
 
@@ -124,8 +127,8 @@ def evaluate_detector(detector, images: ImageSet, batch_size: int = 8) -> dict:
             "num_images": int(result["num_images"]), "split": images.label}
 
 
-def export_int8(detector, out: str | Path, calibration: ImageSet, n_calib: int = 64,
-                evaluation: ImageSet | None = None, calib_method: str = "minmax") -> dict:
+def export_int8(detector, out: str | Path, calibration: ImageSet, n_calib: int = CALIB_IMAGES,
+                evaluation: ImageSet | None = None, calib_method: str = CALIB_METHODS[0]) -> dict:
     """Write `detector` (torch weights) to `out` as an int8 ONNX model calibrated on `n_calib`
     images of `calibration` (spread over it), and, with `evaluation` (a labelled split), score
     both the float32 source and the int8 model on it; the scores go into the file's

@@ -16,6 +16,7 @@ from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS, DEFAULT_SIZE, VOC_CLASSE
 from yolov3.data.augment import Letterbox, letterbox
 from yolov3.data.sample import Sample
 from yolov3.model import YOLOv3
+from yolov3.onnx_backend import CALIB_METHODS
 
 
 # The post-processing settings a training run evaluated with, by their name in the
@@ -193,7 +194,7 @@ class Detector:
                              "export from the .ckpt or .safetensors file")
 
     def save_onnx(self, path: str | Path | None = None, calibration: Iterable[np.ndarray] | None = None,
-                  calib_method: str = "minmax", batch_size: int = 8) -> bytes:
+                  calib_method: str = CALIB_METHODS[0], batch_size: int = 8) -> bytes:
         """Export the network to ONNX (opset 17, dynamic batch and size; yolov3.onnx_backend)
         with this detector's metadata and anchors; writes `path` when given and returns the
         bytes. Needs the torch backend (the weights).

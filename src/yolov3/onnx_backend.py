@@ -36,6 +36,8 @@ from yolov3.model import YOLOv3
 OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("head_s32", "head_s16", "head_s8")
+# How int8 calibration sets activation ranges (quantize_int8); the first is the default.
+CALIB_METHODS = ("minmax", "percentile")
 
 
 def export_onnx(model: YOLOv3, metadata: dict[str, str], path: str | Path | None = None,
@@ -73,13 +75,18 @@ def set_metadata(model: bytes, metadata: dict[str, str], replace: bool = False) 
     import onnx
 
     proto = onnx.load_from_string(model)
+    _set_props(proto, metadata, replace)
+    return proto.SerializeToString()
+
+
+def _set_props(proto, metadata: dict[str, str], replace: bool = False) -> None:
+    """set_metadata on a loaded ModelProto, in place."""
     kept = {} if replace else {p.key: p.value for p in proto.metadata_props}
     kept.update(metadata)
     del proto.metadata_props[:]
     for key, value in kept.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    return proto.SerializeToString()
 
 
 def head_convs(proto) -> list[str]:
@@ -96,7 +103,7 @@ def head_convs(proto) -> list[str]:
 
 
 def quantize_int8(model: bytes, calibration: Iterable[np.ndarray], path: str | Path | None = None,
-                  method: str = "minmax") -> bytes:
+                  method: str = CALIB_METHODS[0]) -> bytes:
     """Static int8 quantisation of an export_onnx model with ONNX Runtime; the serialised
     result (written to `path` too when given), with the input model's metadata plus
     "precision": "int8" and "calibration_images".
@@ -133,7 +140,7 @@ def quantize_int8(model: bytes, calibration: Iterable[np.ndarray], path: str | P
             return {INPUT_NAME: batch}
 
     proto = onnx.load_from_string(model)
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
+    methods = dict(zip(CALIB_METHODS, (CalibrationMethod.MinMax, CalibrationMethod.Percentile)))
     if method not in methods:
         raise ValueError(f"calibration method must be one of {', '.join(methods)}, not {method!r}")
     with tempfile.TemporaryDirectory(prefix="yolov3-int8-") as tmp:
@@ -150,7 +157,8 @@ def quantize_int8(model: bytes, calibration: Iterable[np.ndarray], path: str | P
         quantized = onnx.load(str(target))
     meta = {p.key: p.value for p in proto.metadata_props}
     meta.update({"precision": "int8", "calibration_images": str(seen)})
-    data = set_metadata(quantized.SerializeToString(), meta, replace=True)
+    _set_props(quantized, meta, replace=True)
+    data = quantized.SerializeToString()
     if path is not None:
         Path(path).write_bytes(data)
     return data

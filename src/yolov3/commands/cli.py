@@ -116,8 +116,12 @@ def _export_int8(detector, args: argparse.Namespace) -> dict:
 
 def _int8_options_given(args: argparse.Namespace) -> list[str]:
     """The int8 options given on the command line (their defaults left out)."""
-    given = {"--data": args.data, "--calib": args.calib != 64, "--calib-split": args.calib_split,
-             "--eval-split": args.eval_split, "--no-eval": args.no_eval, "--calib-method": args.calib_method != "minmax"}
+    from yolov3.deploy import CALIB_IMAGES
+    from yolov3.onnx_backend import CALIB_METHODS
+
+    given = {"--data": args.data, "--calib": args.calib != CALIB_IMAGES, "--calib-split": args.calib_split,
+             "--eval-split": args.eval_split, "--no-eval": args.no_eval,
+             "--calib-method": args.calib_method != CALIB_METHODS[0]}
     return [name for name, value in given.items() if value]
 
 
@@ -159,11 +163,12 @@ def _space(args: argparse.Namespace) -> None:
     if args.format != "onnx-int8" and _int8_options_given(args):
         raise SystemExit(f"yolov3 space: {', '.join(_int8_options_given(args))} apply to --format onnx-int8 only")
     try:
-        names = Detector.load(args.weights).class_names
-        calibration, evaluation = _int8_images(args, names) if args.format == "onnx-int8" else (None, None)
+        detector = Detector.load(args.weights)  # loaded once, for the class names and the Space
+        calibration, evaluation = (_int8_images(args, detector.class_names) if args.format == "onnx-int8"
+                                   else (None, None))
         examples = find_examples(args.examples)
         summary = build_space(args.weights, args.out, args.format, args.backend, examples, calibration, args.calib,
-                              evaluation, args.calib_method, args.title)
+                              evaluation, args.calib_method, args.title, detector=detector)
     except (FileNotFoundError, ValueError) as exc:  # SpaceError and DataError are ValueErrors
         raise SystemExit(f"yolov3 space: {exc}") from None
     if "int8" in summary:

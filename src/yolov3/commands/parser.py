@@ -9,6 +9,8 @@ import argparse
 import torch
 
 from yolov3.cam import METHODS as CAM_METHODS
+from yolov3.deploy import CALIB_IMAGES
+from yolov3.onnx_backend import CALIB_METHODS
 
 
 def _add_detector_args(p: argparse.ArgumentParser, weights_required: bool = True) -> None:
@@ -34,7 +36,8 @@ def _add_backend_arg(p: argparse.ArgumentParser, note: str = "") -> None:
 def _add_int8_args(p: argparse.ArgumentParser):
     """The calibration and scoring options of an int8 export (export --int8 and space)."""
     q = p.add_argument_group("int8 (ONNX Runtime static quantisation)")
-    q.add_argument("--calib", type=int, default=64, help="calibration images, spread over the split (default 64)")
+    q.add_argument("--calib", type=int, default=CALIB_IMAGES,
+                   help=f"calibration images, spread over the split (default {CALIB_IMAGES})")
     q.add_argument("--data", nargs="+", help="a dataset root (Kaggle or VOCdevkit layout), or image files, "
                                              "folders or globs (calibration only)")
     q.add_argument("--calib-split", default=None,
@@ -42,7 +45,7 @@ def _add_int8_args(p: argparse.ArgumentParser):
     q.add_argument("--eval-split", default=None,
                    help="the split float32 and int8 are scored on, VOC07 mAP (default: test.csv, or 2012-val)")
     q.add_argument("--no-eval", action="store_true", help="skip the before/after scoring")
-    q.add_argument("--calib-method", choices=("minmax", "percentile"), default="minmax",
+    q.add_argument("--calib-method", choices=CALIB_METHODS, default=CALIB_METHODS[0],
                    help="activation ranges: min-max (default) or the 99.999th percentile")
     return q
 

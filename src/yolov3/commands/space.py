@@ -25,6 +25,9 @@ from collections.abc import Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from yolov3.deploy import CALIB_IMAGES
+from yolov3.onnx_backend import CALIB_METHODS
+
 FORMATS = ("onnx-int8", "onnx", "safetensors")
 WEIGHTS_FILE = {"onnx-int8": "model.onnx", "onnx": "model.onnx", "safetensors": "model.safetensors"}
 # The distributions the app imports at run time (see the module docstring), in the order
@@ -38,8 +41,9 @@ class SpaceError(ValueError):
 
 
 def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", backend: str | None = None,
-                examples: Sequence[str | Path] = (), calibration=None, n_calib: int = 64, evaluation=None,
-                calib_method: str = "minmax", title: str = "YOLOv3 detector") -> dict:
+                examples: Sequence[str | Path] = (), calibration=None, n_calib: int = CALIB_IMAGES,
+                evaluation=None, calib_method: str = CALIB_METHODS[0], title: str = "YOLOv3 detector",
+                detector=None) -> dict:
     """Write the Space folder `out` (which must not exist or be empty) for `weights`.
 
     Args:
@@ -52,6 +56,7 @@ def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", ba
             "torch" (default for safetensors; only possible with safetensors).
         examples: image files for the page's examples (at least one).
         title: the Space's title.
+        detector: `weights` already loaded (Detector.load), when the caller has it.
 
     Returns {"out", "weights", "format", "backend", "examples", "requirements", and
     "int8" (export_int8's report) when it quantised}. Raises SpaceError, FileNotFoundError
@@ -76,7 +81,7 @@ def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", ba
         if not e.is_file():
             raise FileNotFoundError(f"{e}: example image not found")
 
-    detector = Detector.load(weights)
+    detector = detector if detector is not None else Detector.load(weights)
     kind = weights_format(weights)
     if kind == "onnx" and calibration is not None:
         raise SpaceError(f"{weights}: an ONNX export is served as it is; calibration images (--data) are for "
