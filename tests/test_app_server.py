@@ -246,7 +246,10 @@ def test_browser_upload_detect_and_screenshot(page, client, image_path, tmp_path
     assert rows.count() == len(expected) + 1 > 1
     for k, want in enumerate(expected, 1):
         cells = rows.nth(k).inner_text().split()
-        assert cells[:3] == [str(k - 1), want["category_name"], f"{want['score']:.4f}".rstrip("0")], cells
+        assert cells[:2] == [str(k - 1), want["category_name"]], cells
+        # the table shows the score to 4 decimals, detections.json rows to 6: rounding the
+        # rounded value can differ in the last shown digit, so compare with that margin
+        assert abs(float(cells[2]) - want["score"]) <= 0.5e-4 + 0.5e-6 + 1e-9, (cells, want["score"])
     shot = tmp_path / "app.png"
     page.screenshot(path=str(shot), full_page=True)
     with Image.open(shot) as im:
