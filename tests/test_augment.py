@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from yolov3.boxes import undo_letterbox
 from yolov3.data.augment import AugmentConfig, TrainTransform, letterbox
 from yolov3.data.sample import Sample
 
@@ -26,8 +25,7 @@ def test_letterbox_undo_roundtrip():
         s, _ = painted_sample(rng)
         out, info = letterbox(s, size)
         assert out.image.shape == (size, size, 3)
-        lb = torch.tensor([info.scale_x, info.scale_y, info.pad_x, info.pad_y])
-        back = undo_letterbox(torch.from_numpy(out.boxes), lb, torch.tensor(s.image.shape[1::-1]))
+        back = info.undo_boxes(torch.from_numpy(out.boxes))
         np.testing.assert_allclose(back.numpy(), s.boxes, atol=1e-3)
 
 

@@ -75,7 +75,7 @@ def test_evaluation_sets_never_see_shrunk_pixels(synth_root, tmp_path):
     item = dm.val_set[(0, 64)]
     w, h = item["orig_size"]
     # the letterbox is measured on the stored image: its scale maps the longer side to 64
-    assert item["letterbox"][0] == pytest.approx(round(w * 64 / max(w, h)) / w)
+    assert item["letterbox"].scale_x == pytest.approx(round(w * 64 / max(w, h)) / w)
 
 
 class Counting:

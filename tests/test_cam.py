@@ -22,7 +22,7 @@ from yolov3.boxes import decode_heads, flat_cell_to_index, postprocess, postproc
 from yolov3.cam import (METHODS, capture_activations, eigencam_map, explain, explain_cells, gradcam_map,
                         gradcam_pp_map, layer_aliases, resolve_layer, target_scores, to_image)
 from yolov3.constants import DEFAULT_ANCHORS
-from yolov3.data.augment import Letterbox
+from yolov3.letterbox import Letterbox
 from yolov3.detector import Detector
 from yolov3.loss import YoloLoss
 from yolov3.model import CNNBlock, ResidualBlock, ScalePrediction, YOLOv3
@@ -422,11 +422,12 @@ def test_to_image_undoes_the_letterbox():
     """A map equal to the input x (or y) coordinate must read, on the original image, as
     that coordinate mapped through the letterbox: x_in = x_orig * scale + pad."""
     h, w, size = 60, 120, 96
-    info = Letterbox(size / w, 48 / h, 0, (size - 48) // 2)  # 120x60 -> 96x48, 24 rows of padding
+    info = Letterbox.fit(w, h, size)  # 120x60 -> 96x48, 24 rows of padding
+    assert (info.scale_x, info.scale_y, info.pad_x, info.pad_y) == (size / w, 48 / h, 0, (size - 48) // 2)
     centres = torch.arange(size, dtype=torch.float32) + 0.5
     for axis, n, scale, pad in ((1, w, info.scale_x, info.pad_x), (0, h, info.scale_y, info.pad_y)):
         ramp = centres[None, :].expand(size, size) if axis == 1 else centres[:, None].expand(size, size)
-        out = to_image(ramp, info, size, (h, w, 3))
+        out = to_image(ramp, info)
         assert out.shape == (h, w) and out.max() == pytest.approx(1.0)
         line = out[h // 2] if axis == 1 else out[:, w // 2]
         expected = (np.arange(n) + 0.5) * scale + pad
@@ -436,7 +437,7 @@ def test_to_image_undoes_the_letterbox():
     pad = torch.zeros(size, size)
     pad[:info.pad_y] = 1.0
     pad[info.pad_y + 48:] = 1.0
-    assert to_image(pad, info, size, (h, w, 3))[2:-2].max() < 0.05
+    assert to_image(pad, info)[2:-2].max() < 0.05
 
 
 def test_map_formulas_on_small_cases():

@@ -13,7 +13,7 @@ def test_collate_targets_are_normalised_cxcywh_with_image_index():
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.arange(len(boxes)),
             "difficult": torch.zeros(len(boxes), dtype=torch.bool),
-            "path": f"{i}.jpg", "orig_size": (64, 64), "letterbox": (1.0, 1.0, 0.0, 0.0),
+            "path": f"{i}.jpg", "orig_size": (64, 64),
         })
     batch = collate(items)
     assert batch["images"].shape == (3, 3, 64, 64)
@@ -41,7 +41,7 @@ class _Items(torch.utils.data.Dataset):
         return {"image": torch.full((3, 32, 32), i, dtype=torch.uint8),
                 "boxes": torch.arange(4 * n, dtype=torch.float32).reshape(n, 4) + i,
                 "labels": torch.full((n,), i), "difficult": torch.arange(n) % 2 == 1,
-                "path": f"{i}.jpg", "orig_size": (32, 32), "letterbox": (1.0, 1.0, 0.0, 0.0)}
+                "path": f"{i}.jpg", "orig_size": (32, 32)}
 
 
 def test_collate_in_worker_processes_gives_the_same_batches():
@@ -91,8 +91,9 @@ def test_datamodule_batches_from_both_layouts(synth_root):
         test_batch = next(iter(dm.test_dataloader()))
         # evaluation letterbox is undoable back to the original boxes
         src = dm.test_set.source[0]
-        sx, sy, px, py = test_batch["letterbox"][0].tolist()
-        back = (test_batch["boxes"][0].numpy() - [px, py, px, py]) / [sx, sy, sx, sy]
+        lb = test_batch["letterbox"][0]
+        back = (test_batch["boxes"][0].numpy() - [lb.pad_x, lb.pad_y] * 2) / ([lb.scale_x, lb.scale_y] * 2)
+        assert batch["letterbox"] is None  # training geometry is never undone
         np.testing.assert_allclose(back, src.boxes, atol=1e-3)
 
 

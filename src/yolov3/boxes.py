@@ -374,18 +374,6 @@ def top_candidates(cand: Candidates, batch: int, k: int) -> Candidates:
     return Candidates(*(t[keep] for t in cand))
 
 
-def undo_letterbox(boxes: torch.Tensor, letterbox: torch.Tensor, orig_size: torch.Tensor) -> torch.Tensor:
-    """Boxes in a letterboxed input -> boxes in the original image, clipped to it.
-
-    boxes (K, 4) xyxy; letterbox (4,) scale_x, scale_y, pad_x, pad_y (x_in = x * scale + pad);
-    orig_size (2,) width, height of the original image.
-    """
-    sx, sy, px, py = letterbox.to(boxes).unbind()
-    out = (boxes - torch.stack((px, py, px, py))) / torch.stack((sx, sy, sx, sy))
-    w, h = orig_size.to(boxes).unbind()
-    return torch.stack((out[:, 0].clamp(0, w), out[:, 1].clamp(0, h), out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)), 1)
-
-
 def nms_per_image(cand: Candidates, batch: int, num_classes: int, iou_threshold: float = 0.45,
                   max_detections: int | None = 100) -> list[torch.Tensor]:
     """Class-aware NMS of the candidates of a batch in one call -> per image (K, 6) tensors.

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yolov3.data.augment import Letterbox
+from yolov3.letterbox import Letterbox
 from yolov3.model import ResidualBlock, ScalePrediction
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
@@ -197,20 +197,13 @@ def eigencam_map(acts: torch.Tensor) -> torch.Tensor:
     return F.relu(proj * sign).reshape(n, h, w)
 
 
-def to_image(cam: torch.Tensor, info: Letterbox, input_size: int, image_shape: tuple[int, ...]) -> np.ndarray:
+def to_image(cam: torch.Tensor, info: Letterbox) -> np.ndarray:
     """A map on the network's grid -> the original image, letterbox undone, in [0, 1].
 
-    cam (h, w) -> (H, W) float32: bilinear upsampling to the (S, S) input, the padding
-    cropped off, a resize to the original (H, W), then division by the maximum (an all-zero
-    map stays zero).
+    cam (h, w) -> (H, W) float32: Letterbox.undo_map (bilinear to the input, padding
+    cropped, resized to the image), then division by the maximum (an all-zero map stays zero).
     """
-    up = F.interpolate(cam.detach().float()[None, None], size=(input_size, input_size), mode="bilinear",
-                       align_corners=False)[0, 0].cpu().numpy()
-    h, w = image_shape[:2]
-    new_w, new_h = max(1, round(w * info.scale_x)), max(1, round(h * info.scale_y))
-    x0, y0 = int(info.pad_x), int(info.pad_y)
-    crop = up[y0:y0 + new_h, x0:x0 + new_w]
-    out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    out = info.undo_map(cam)
     np.clip(out, 0.0, None, out=out)  # bilinear resampling of a ReLU map stays >= 0; be exact
     peak = float(out.max())
     return out / peak if peak > 0 else out
@@ -306,20 +299,19 @@ def explain(detector, images: Sequence[np.ndarray], method: str = "gradcam", lay
         maps = (_detection_maps(outputs, acts, paths, cells, [d[:, 5].long() for d in dets], detector.score_mode,
                                 method) if method != "eigencam" else [[] for _ in images])
         eigen = [eigencam_map(acts[p]) for p in paths] if (eigencam or method == "eigencam") else None
-    size = x.shape[-1]
     names = {path: alias for alias, path in layer_aliases(detector.model).items()}
     results = []
     for b, (img, info) in enumerate(zip(images, infos)):
-        det_np = detector.to_original(dets[b], info, img.shape)
+        det_np = detector.to_original(dets[b], info)
         cams = [DetectionCAM(box=det_np[k, :4], score=float(det_np[k, 4]), label=int(det_np[k, 5]),
                              cell=tuple(int(v) for v in cells[b][k].tolist()), target=target, grad_norm=gnorm,
-                             layer=path, heatmap=to_image(cam, info, size, img.shape), layer_name=names.get(path, path))
+                             layer=path, heatmap=to_image(cam, info), layer_name=names.get(path, path))
                 for k, (cam, target, gnorm, path) in enumerate(maps[b])]
         eig = None
         if eigen is not None:
             # several layers ("head"): each normalised on the image, then averaged, so the
             # three scales weigh the same whatever their activation magnitudes
-            eig = np.mean([to_image(e[b], info, size, img.shape) for e in eigen], axis=0)
+            eig = np.mean([to_image(e[b], info) for e in eigen], axis=0)
             peak = float(eig.max())
             eig = eig / peak if peak > 0 else eig
         eigen_name = layer if len(paths) > 1 else names.get(paths[0], paths[0])
@@ -356,9 +348,7 @@ def explain_cells(detector, images: Sequence[np.ndarray], cells: Sequence[torch.
         x, infos = detector.preprocess(images)
         outputs = detector.model(x.requires_grad_(True))
         maps = _detection_maps(outputs, acts, paths, cells, classes, detector.score_mode, method)
-    size = x.shape[-1]
-    return [[(to_image(cam, info, size, img.shape), target, gnorm) for cam, target, gnorm, _ in per]
-            for per, info, img in zip(maps, infos, images)]
+    return [[(to_image(cam, info), target, gnorm) for cam, target, gnorm, _ in per] for per, info in zip(maps, infos)]
 
 
 def _detection_maps(outputs, acts, paths, cells, classes, score_mode, method):

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolov3.boxes import postprocess, postprocess_with_cells, undo_letterbox
+from yolov3.boxes import postprocess, postprocess_with_cells
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS, DEFAULT_SIZE, VOC_CLASSES
-from yolov3.data.augment import Letterbox, letterbox
+from yolov3.data.augment import letterbox
 from yolov3.data.sample import Sample
+from yolov3.letterbox import Letterbox
 from yolov3.model import YOLOv3
 from yolov3.onnx_backend import CALIB_METHODS
 
@@ -270,13 +271,10 @@ class Detector:
                                       self.score_mode, self.max_candidates)
 
     @staticmethod
-    def to_original(det: torch.Tensor, info: Letterbox, image_shape: tuple[int, ...]) -> np.ndarray:
+    def to_original(det: torch.Tensor, info: Letterbox) -> np.ndarray:
         """(K, 6) detections in input pixels -> (K, 6) float32 array in original pixels, clipped."""
         d = det.detach().float().cpu()
-        h, w = image_shape[:2]
-        letterbox = torch.tensor([info.scale_x, info.scale_y, info.pad_x, info.pad_y])
-        boxes = undo_letterbox(d[:, :4], letterbox, torch.tensor([w, h]))  # the evaluation's own undo
-        return torch.cat((boxes, d[:, 4:]), 1).numpy().astype(np.float32)
+        return torch.cat((info.undo_boxes(d[:, :4]), d[:, 4:]), 1).numpy().astype(np.float32)
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -288,7 +286,7 @@ class Detector:
         outputs = self.model(x)
         dets = postprocess(outputs, self.anchors, (self.size, self.size), self.conf_threshold,
                            self.iou_threshold, self.max_detections, self.score_mode, self.max_candidates)
-        return [self.to_original(det, info, img.shape) for det, info, img in zip(dets, infos, images)]
+        return [self.to_original(det, info) for det, info in zip(dets, infos)]
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

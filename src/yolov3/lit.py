@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from yolov3.boxes import postprocess, undo_letterbox
+from yolov3.boxes import postprocess
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS
 from yolov3.loss import LOSS_TERMS, LossWeights, YoloLoss
 from yolov3.metrics import CourseAccuracy, DetectionMAP
@@ -162,9 +162,9 @@ class YoloLitModule(L.LightningModule):
         dets = postprocess(outputs, self.anchors, size, h.eval_conf_threshold, h.eval_iou_threshold,
                            h.eval_max_detections, h.score_mode, h.eval_max_candidates)
         detections, truth = [], []
-        for det, boxes, lb, orig in zip(dets, batch["boxes"], batch["letterbox"], batch["orig_sizes"]):
-            detections.append(torch.cat((undo_letterbox(det[:, :4], lb, orig), det[:, 4:]), 1))
-            truth.append(undo_letterbox(boxes.to(det), lb, orig))
+        for det, boxes, lb in zip(dets, batch["boxes"], batch["letterbox"], strict=True):
+            detections.append(torch.cat((lb.undo_boxes(det[:, :4]), det[:, 4:]), 1))
+            truth.append(lb.undo_boxes(boxes.to(det)))
         return detections, truth
 
     def _map_now(self) -> bool:

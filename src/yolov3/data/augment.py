@@ -32,27 +32,7 @@ import numpy as np
 from yolov3.data import timing
 from yolov3.data.colour import colour_jitter
 from yolov3.data.sample import Sample
-
-PAD_VALUE = 114  # grey padding, the usual YOLO letterbox colour
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """How an image was letterboxed: x_out = x_in * scale_x + pad_x (likewise for y).
-
-    boxes.undo_letterbox maps boxes back (the one undo that evaluation, Detector and CAM use).
-    """
-
-    scale_x: float
-    scale_y: float
-    pad_x: float
-    pad_y: float
-
-
-def longest_side_to(w: int, h: int, size: int) -> tuple[int, int, float]:
-    """(new_w, new_h, scale) of a w x h image scaled so its longer side is `size` (sides rounded, >= 1)."""
-    scale = size / max(h, w)
-    return max(1, round(w * scale)), max(1, round(h * scale)), scale
+from yolov3.letterbox import PAD_VALUE, Letterbox, longest_side_to, resize_image
 
 
 def resize_longest(image: np.ndarray, boxes: np.ndarray, size: int,
@@ -61,33 +41,24 @@ def resize_longest(image: np.ndarray, boxes: np.ndarray, size: int,
 
     image (H, W, 3), boxes (N, 4) xyxy -> resized image, boxes on it, and the realised
     per-axis scales (sx, sy) (rounding the new sides makes them differ slightly).
-    Shrinking uses area averaging, unless `fast` (training), where bilinear is 5x quicker
-    and the slight aliasing is one more augmentation.
+    `fast` as in letterbox.resize_image.
     """
     h, w = image.shape[:2]
-    new_w, new_h, scale = longest_side_to(w, h, size)
-    if (new_w, new_h) != (w, h):
-        interp = cv2.INTER_AREA if scale < 1 and not fast else cv2.INTER_LINEAR
-        with timing.stage("resize"):
-            image = cv2.resize(image, (new_w, new_h), interpolation=interp)
+    new_w, new_h, _ = longest_side_to(w, h, size)
+    with timing.stage("resize"):
+        image = resize_image(image, new_w, new_h, fast)
     sx, sy = new_w / w, new_h / h
     return image, boxes * np.array([sx, sy, sx, sy], dtype=np.float32), sx, sy
 
 
 def letterbox(sample: Sample, size: int, fast: bool = False) -> tuple[Sample, Letterbox]:
-    """Resize keeping the aspect ratio so the longer side is `size`, pad to (size, size).
-
-    Returns the new sample (image (size, size, 3)) and the Letterbox that undoes it.
-    `fast` as in resize_longest.
-    """
-    resized, boxes, sx, sy = resize_longest(sample.image, sample.boxes, size, fast)
-    new_h, new_w = resized.shape[:2]
-    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
-    out = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
-    out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
-    boxes = boxes + np.array([pad_x, pad_y, pad_x, pad_y], dtype=np.float32)
-    info = Letterbox(scale_x=sx, scale_y=sy, pad_x=pad_x, pad_y=pad_y)
-    return Sample(out, boxes, sample.labels, sample.difficult, sample.path), info
+    """The sample letterboxed to (size, size) (see yolov3.letterbox) and the Letterbox that
+    undoes it. `fast` as in letterbox.resize_image."""
+    h, w = sample.image.shape[:2]
+    info = Letterbox.fit(w, h, size)
+    with timing.stage("resize"):
+        image = info.apply_image(sample.image, fast)
+    return Sample(image, info.apply_boxes(sample.boxes), sample.labels, sample.difficult, sample.path), info
 
 
 @dataclass

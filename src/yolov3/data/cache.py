@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from yolov3.data import timing
-from yolov3.data.augment import longest_side_to
+from yolov3.letterbox import longest_side_to
 from yolov3.data.sample import DataError, Sample
 
 log = logging.getLogger("yolov3.data")

@@ -36,8 +36,8 @@ class DetectionDataset(Dataset):
     Items are requested as (index, size) or, for training, (index, size, mosaic allowed);
     each returns a dict with "image" (3, S, S) uint8,
     "boxes" (N, 4) float xyxy pixels at S, "labels" (N,), "difficult" (N,), "path", and
-    "orig_size" (w, h) of the stored image and "letterbox" (scale_x, scale_y, pad_x, pad_y)
-    (the identity for training).
+    "orig_size" (w, h) of the stored image and, for evaluation, "letterbox" (the
+    yolov3.letterbox.Letterbox that undoes the transform; training geometry is never undone).
 
     Training samples are first shrunk so their longer side is at most `max_side` (the largest
     training size; see data/cache.py). cache_images: "none" (or False), "ram" (or True: a
@@ -98,10 +98,8 @@ class DetectionDataset(Dataset):
         out: dict = {"index": index, "path": sample.path, "orig_size": orig_size}
         if self.train:
             s = self.transform(sample, size, pool=_Loaded(self) if allow_mosaic else None)
-            out["letterbox"] = (1.0, 1.0, 0.0, 0.0)
         else:
-            s, lb = self.transform(sample, size)
-            out["letterbox"] = (lb.scale_x, lb.scale_y, lb.pad_x, lb.pad_y)
+            s, out["letterbox"] = self.transform(sample, size)
         with timing.stage("collate"):
             out.update(
                 image=torch.from_numpy(s.image).permute(2, 0, 1).contiguous(),
@@ -168,7 +166,8 @@ def collate(items: list[dict]) -> dict:
         "paths": [it["path"] for it in items],
         "indices": torch.tensor([it.get("index", -1) for it in items], dtype=torch.long),
         "orig_sizes": torch.tensor([it["orig_size"] for it in items]),
-        "letterbox": torch.tensor([it["letterbox"] for it in items], dtype=torch.float32),
+        # evaluation only: one Letterbox per image (training batches have none)
+        "letterbox": [it["letterbox"] for it in items] if all("letterbox" in it for it in items) else None,
     }
 
 

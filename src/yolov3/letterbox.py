@@ -1,0 +1,114 @@
+"""The letterbox: how an image is fitted into the network's S x S input, and how to undo it.
+
+An image of W x H pixels is resized keeping its aspect ratio so that its longer side is S
+(each new side rounded to whole pixels, so the realised per-axis scales differ slightly),
+then padded with grey to S x S, centred. In input pixels
+
+    x_in = x * scale_x + pad_x,    y_in = y * scale_y + pad_y.
+
+`Letterbox` is the one owner of that mapping: evaluation, the Detector, the ONNX backend's
+calibration and CAM all apply and undo it through it (images and boxes forward; boxes and
+maps on the network's grid back). Training makes its inputs by other geometry (mosaic,
+random affine) that is never undone, so training batches carry no Letterbox.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import torch
+
+PAD_VALUE = 114  # grey padding, the usual YOLO letterbox colour
+
+
+def longest_side_to(w: int, h: int, size: int) -> tuple[int, int, float]:
+    """(new_w, new_h, scale) of a w x h image scaled so its longer side is `size` (sides rounded, >= 1)."""
+    scale = size / max(h, w)
+    return max(1, round(w * scale)), max(1, round(h * scale)), scale
+
+
+def resize_image(image: np.ndarray, new_w: int, new_h: int, fast: bool = False) -> np.ndarray:
+    """image (H, W, C) -> (new_h, new_w, C); the same array when the size is unchanged.
+
+    Shrinking uses area averaging, unless `fast` (training), where bilinear is 5x quicker
+    and the slight aliasing is one more augmentation; enlarging is bilinear.
+    """
+    h, w = image.shape[:2]
+    if (new_w, new_h) == (w, h):
+        return image
+    shrinking = new_w < w or new_h < h
+    interp = cv2.INTER_AREA if shrinking and not fast else cv2.INTER_LINEAR
+    return cv2.resize(image, (new_w, new_h), interpolation=interp)
+
+
+class Letterbox(NamedTuple):
+    """How a `width` x `height` image was fitted into a `size` x `size` input.
+
+    x_in = x * scale_x + pad_x and y_in = y * scale_y + pad_y (pixels; pads are whole
+    pixels). Make one with `Letterbox.fit`. A NamedTuple, not a dataclass: it travels in
+    evaluation batches, and Lightning's batch transfer rebuilds tuples but refuses frozen
+    dataclasses.
+    """
+
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+    width: int
+    height: int
+    size: int
+
+    @classmethod
+    def fit(cls, width: int, height: int, size: int) -> Letterbox:
+        """The letterbox of a width x height image into size x size."""
+        if width < 1 or height < 1 or size < 1:
+            raise ValueError(f"letterbox needs positive sizes, got image {width}x{height} into {size}")
+        new_w, new_h, _ = longest_side_to(width, height, size)
+        return cls(scale_x=new_w / width, scale_y=new_h / height, pad_x=(size - new_w) // 2,
+                   pad_y=(size - new_h) // 2, width=width, height=height, size=size)
+
+    @property
+    def resized(self) -> tuple[int, int]:
+        """(new_w, new_h): the image's size inside the input, padding excluded."""
+        return round(self.width * self.scale_x), round(self.height * self.scale_y)
+
+    def apply_image(self, image: np.ndarray, fast: bool = False) -> np.ndarray:
+        """image (height, width, 3) uint8 -> (size, size, 3) uint8; `fast` as in resize_image."""
+        if image.shape[:2] != (self.height, self.width):
+            raise ValueError(f"this letterbox is for {self.width}x{self.height} images, got "
+                             f"{image.shape[1]}x{image.shape[0]}")
+        new_w, new_h = self.resized
+        out = np.full((self.size, self.size, image.shape[2]), PAD_VALUE, dtype=np.uint8)
+        out[self.pad_y : self.pad_y + new_h, self.pad_x : self.pad_x + new_w] = resize_image(image, new_w, new_h,
+                                                                                            fast)
+        return out
+
+    def apply_boxes(self, boxes: np.ndarray) -> np.ndarray:
+        """boxes (N, 4) xyxy in image pixels -> (N, 4) float32 in input pixels."""
+        scale = np.array([self.scale_x, self.scale_y, self.scale_x, self.scale_y], dtype=np.float32)
+        pad = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], dtype=np.float32)
+        return (boxes * scale + pad).astype(np.float32, copy=False)
+
+    def undo_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """boxes (K, 4) xyxy in input pixels -> (K, 4) in image pixels, clipped to the image
+        (same dtype and device). Evaluation, the Detector and CAM all undo with this."""
+        pad = boxes.new_tensor([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
+        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
+        out = (boxes - pad) / scale
+        w, h = float(self.width), float(self.height)
+        return torch.stack((out[:, 0].clamp(0, w), out[:, 1].clamp(0, h),
+                            out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)), 1)
+
+    def undo_map(self, grid_map: torch.Tensor) -> np.ndarray:
+        """A map on the network's grid (h, w) -> (height, width) float32 on the image.
+
+        Bilinear upsampling to the (size, size) input, the padding cropped off, then a
+        bilinear resize to the image. Values are resampled, not rescaled.
+        """
+        up = torch.nn.functional.interpolate(grid_map.detach().float()[None, None], size=(self.size, self.size),
+                                             mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+        new_w, new_h = self.resized
+        crop = up[self.pad_y : self.pad_y + new_h, self.pad_x : self.pad_x + new_w]
+        return cv2.resize(crop, (self.width, self.height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
