@@ -23,7 +23,7 @@ from common import describe_machine, report
 from yolov3.boxes import postprocess, xyxy_to_cxcywh
 from yolov3.constants import DEFAULT_ANCHORS
 from yolov3.data.augment import letterbox
-from yolov3.data.sources import VOCDevkit
+from yolov3.data.devkit import VOCDevkit
 from yolov3.evaluation import VOCEvaluator
 from yolov3.loss import YoloLoss
 from yolov3.metrics import CourseAccuracy

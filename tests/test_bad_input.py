@@ -28,8 +28,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from yolov3.data.devkit import VOCDevkit
+from yolov3.data.kaggle import KaggleVOC
 from yolov3.data.sample import MAX_PIXELS, DataError, image_size, load_rgb, printable, read_image
-from yolov3.data.sources import KaggleVOC, VOCDevkit
 
 W, H = 64, 48
 IDS = ("a", "b", "c")

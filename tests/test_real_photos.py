@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from yolov3.constants import VOC_CLASSES
-from yolov3.data.sources import VOCDevkit
+from yolov3.data.devkit import VOCDevkit
 
 SAMPLE = Path(__file__).parent.parent.parent / "shared" / "data" / "voc2012_sample"
 BENCH = Path(__file__).parent.parent / "bench"

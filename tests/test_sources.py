@@ -1,4 +1,5 @@
-"""Tests of the dataset readers (yolov3.data.sources) on small fixtures written in tmp_path.
+"""Tests of the dataset readers (yolov3.data.kaggle, .devkit, .records, .sources) on small
+fixtures written in tmp_path.
 
 Both layouts are written from the same integer ground truth (GT), inclusive 0-based pixel
 boxes x1..x2, as real VOC data was: VOC XML gets the 1-based indices xmin = x1 + 1 ...
@@ -21,14 +22,10 @@ from PIL import Image
 
 from yolov3.constants import VOC_CLASSES
 from yolov3.data.sample import DataError
-from yolov3.data.sources import (
-    DetectionSource,
-    KaggleVOC,
-    Record,
-    VOCDevkit,
-    detect_layout,
-    open_source,
-)
+from yolov3.data.devkit import VOCDevkit
+from yolov3.data.kaggle import KaggleVOC
+from yolov3.data.records import DetectionSource, Record
+from yolov3.data.sources import detect_layout, open_source
 
 # image id -> (year, (W, H), [(x1, y1, x2, y2, class, difficult), ...]); x2 <= W-1, y2 <= H-1
 # because VOC's 1-based xmax is at most W.

@@ -24,8 +24,9 @@ from yolov3.constants import VOC_CLASSES
 from yolov3.data import timing
 from yolov3.data.augment import AugmentConfig, EvalTransform, TrainTransform
 from yolov3.data.cache import DiskImageCache, cache_mode, shrink, with_image
+from yolov3.data.records import DetectionSource
 from yolov3.data.sample import Sample
-from yolov3.data.sources import DetectionSource, open_source
+from yolov3.data.sources import open_source
 
 log = logging.getLogger("yolov3.data")
 

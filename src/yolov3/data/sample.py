@@ -1,4 +1,4 @@
-"""The one sample type every reader yields, the data error, and the image loader.
+"""The one sample type every reader yields, its annotation arrays' check, the data error, and the image loader.
 
 Pixels are the STORED pixels: an EXIF orientation tag is reported (``read_image`` returns
 it) but never applied, because VOC boxes are drawn on the stored pixels, as the VOC devkit
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image, UnidentifiedImageError
 
 from yolov3.data import timing
@@ -70,6 +71,32 @@ class DataError(ValueError):
         super().__init__(printable(str(message)))
 
 
+def annotation_arrays(
+    boxes: ArrayLike, labels: ArrayLike, difficult: ArrayLike | None, where: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An image's annotations as the arrays every Sample and Record holds.
+
+    boxes:     anything of 4N numbers -> (N, 4) float32 x1, y1, x2, y2 in pixels.
+    labels:    N class indices -> (N,) int64.
+    difficult: N flags -> (N,) bool; None means all False.
+    where:     the image file, to name it in the error.
+
+    The arrays may share memory with the inputs (no copy when the dtype already fits).
+    Raises ValueError naming `where` when N differs between the three.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if difficult is None:
+        difficult = np.zeros(len(labels), dtype=bool)
+    difficult = np.asarray(difficult, dtype=bool).reshape(-1)
+    if not (len(boxes) == len(labels) == len(difficult)):
+        raise ValueError(
+            f"{where}: {len(boxes)} boxes, {len(labels)} labels and "
+            f"{len(difficult)} difficult flags; they must be equal"
+        )
+    return boxes, labels, difficult
+
+
 @dataclass
 class Sample:
     """One image and its boxes.
@@ -88,16 +115,9 @@ class Sample:
     path: str = ""
 
     def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
-        if self.difficult is None:
-            self.difficult = np.zeros(len(self.labels), dtype=bool)
-        self.difficult = np.asarray(self.difficult, dtype=bool).reshape(-1)
-        if not (len(self.boxes) == len(self.labels) == len(self.difficult)):
-            raise ValueError(
-                f"{self.path}: {len(self.boxes)} boxes, {len(self.labels)} labels and "
-                f"{len(self.difficult)} difficult flags; they must be equal"
-            )
+        self.boxes, self.labels, self.difficult = annotation_arrays(
+            self.boxes, self.labels, self.difficult, self.path
+        )
 
 
 # Pillow's bomb check runs inside Image.open against the module global MAX_IMAGE_PIXELS
