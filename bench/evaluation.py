@@ -6,7 +6,7 @@ difficult) the cells the object covers, on every scale and anchor, get jittered 
 confidence that falls with the distance from the object's centre, a few vote for a wrong class,
 and a few stray false positives are added: about 300 cells per image score above 0.05, in
 clusters, so NMS has real work; every other cell scores below 0.01. The images go through the
-validation path (select_candidates -> nms_per_image -> VOCEvaluator.update, then one
+validation path (select_candidates -> nms_per_image -> DetectionMAP.update, then one
 compute() for AP 2007 and 2010) in chunks as a validation loop would see them, and each stage
 is timed. Data generation is not timed.
 
@@ -38,7 +38,8 @@ from rich.table import Table
 
 from yolov3.boxes import decode_heads, nms_per_image, select_candidates
 from yolov3.constants import DEFAULT_ANCHORS, STRIDES
-from yolov3.evaluation import VOCEvaluator
+from yolov3.coco_eval import coco_map
+from yolov3.metrics import DetectionMAP
 
 SIZE, NUM_CLASSES = 416, 20
 
@@ -207,7 +208,7 @@ def run_ours(outs, gts, ids, anchors, evaluator, args, timers) -> list[torch.Ten
     t1 = time.perf_counter()
     dets = nms_per_image(cand, len(gts), NUM_CLASSES, args.iou, args.max_det)
     t2 = time.perf_counter()
-    evaluator.update(dets, gts, ids)
+    evaluator.update(dets, [g["boxes"] for g in gts], [g["labels"] for g in gts], [g["difficult"] for g in gts], ids)
     t3 = time.perf_counter()
     timers["decode"] += t1 - t0
     timers["nms"] += t2 - t1
@@ -241,7 +242,7 @@ def main() -> None:
     background = make_background(args.chunk, gen)
 
     # ours over the whole split
-    evaluator = VOCEvaluator(NUM_CLASSES)
+    evaluator = DetectionMAP(NUM_CLASSES)
     timers = dict.fromkeys(("decode", "nms", "ap", "candidates", "detections"), 0.0)
     with torch.inference_mode():
         for start in range(0, args.images, args.chunk):
@@ -258,7 +259,7 @@ def main() -> None:
     coco_s, coco = None, None
     if not args.no_coco:
         t0 = time.perf_counter()
-        coco = evaluator.compute_coco()
+        coco = coco_map(evaluator.arrays(), NUM_CLASSES)
         coco_s = time.perf_counter() - t0
 
     # naive against ours on a subset
@@ -267,11 +268,11 @@ def main() -> None:
     gts = [make_ground_truth(rng) for _ in range(n)]
     plant_objects(sub_bg, gts, rng)
     sub_timers = dict.fromkeys(timers, 0.0)
-    sub_eval = VOCEvaluator(NUM_CLASSES)
+    sub_eval = DetectionMAP(NUM_CLASSES)
     with torch.inference_mode():
         ours_sub = run_ours(sub_bg, gts, range(n), anchors, sub_eval, args, sub_timers)
         t0 = time.perf_counter()
-        sub_result = sub_eval.compute()
+        sub_result = sub_eval.compute()["voc"]
         sub_timers["ap"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         naive_dets = naive_postprocess(sub_bg, anchors, args.conf, args.iou, args.max_det)

@@ -24,9 +24,8 @@ from yolov3.boxes import postprocess, xyxy_to_cxcywh
 from yolov3.constants import DEFAULT_ANCHORS
 from yolov3.data.augment import letterbox
 from yolov3.data.devkit import VOCDevkit
-from yolov3.evaluation import VOCEvaluator
 from yolov3.loss import YoloLoss
-from yolov3.metrics import CourseAccuracy
+from yolov3.metrics import CourseAccuracy, DetectionMAP
 from yolov3.model import YOLOv3
 from yolov3.targets import build_targets
 
@@ -75,7 +74,7 @@ def run(variant, images, rows, truths, args) -> dict:
     @torch.no_grad()
     def measure(final: bool) -> dict:
         model.eval()
-        acc, evaluator = CourseAccuracy(0.05), VOCEvaluator(20)
+        acc, evaluator = CourseAccuracy(0.05), DetectionMAP(20)
         for s in range(0, n, 20):
             idx = list(range(s, min(s + 20, n)))
             out = model(images[idx])
@@ -83,7 +82,8 @@ def run(variant, images, rows, truths, args) -> dict:
                                           [o.shape[2:4] for o in out], anchors))
             if final:
                 dets = postprocess(out, anchors, images.shape[-2:], 0.005, 0.45, 100, max_candidates=1000)
-                evaluator.update(dets, [truths[i] for i in idx])
+                evaluator.update(dets, [truths[i]["boxes"] for i in idx], [truths[i]["labels"] for i in idx],
+                                 [truths[i]["difficult"] for i in idx], idx)
         model.train()
         r = {k: float(v) for k, v in acc.compute().items()}
         if final:

@@ -1,5 +1,6 @@
 """VOC AP and COCO mAP: hand-computed cases for every rule, and a slow devkit-style reference
-compared with the vectorised evaluator on random data."""
+compared with the vectorised evaluation on random data. Inputs go in as in training, through
+DetectionMAP.update, whose states are the flat arrays evaluate_voc and coco_map take."""
 
 import math
 import random
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from yolov3.evaluation import VOCEvaluator, coco_map, voc_ap
+from yolov3.coco_eval import coco_map
+from yolov3.evaluation import voc_ap
+from yolov3.metrics import DetectionMAP
 
 # --------------------------------------------------------------------------------------------
 # Reference: the VOC devkit's voc_eval written as plain loops (continuous boxes, no +1)
@@ -83,10 +86,23 @@ def dets(*rows):
     return np.asarray(rows, dtype=np.float64).reshape(-1, 6)
 
 
+def accumulate(det_list, gt_list, num_classes=1, image_ids=None, coco=False):
+    """A DetectionMAP fed the images in one batch; image ids 0..N-1 unless given."""
+    m = DetectionMAP(num_classes, coco=coco)
+    m.update(det_list, [g["boxes"] for g in gt_list], [g["labels"] for g in gt_list],
+             [g.get("difficult", np.zeros(len(g["labels"]), bool)) for g in gt_list],
+             range(len(det_list)) if image_ids is None else image_ids)
+    return m
+
+
 def evaluate(det_list, gt_list, num_classes=1, image_ids=None):
-    ev = VOCEvaluator(num_classes)
-    ev.update(det_list, gt_list, image_ids)
-    return ev.compute()
+    """evaluate_voc's result (per-class AP, PR curves) for the images."""
+    return accumulate(det_list, gt_list, num_classes, image_ids).compute()["voc"]
+
+
+def arrays(det_list, gt_list):
+    """The images as EvalArrays (ids 0..N-1)."""
+    return accumulate(det_list, gt_list).arrays()
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +229,7 @@ def test_class_without_positives_is_nan_and_left_out_of_the_mean():
     r = evaluate(d, g, num_classes=3)
     assert r["ap_07"][0] == 1.0 and math.isnan(r["ap_07"][1]) and math.isnan(r["ap_2010"][2])
     assert r["map_07"] == 1.0 and r["map_2010"] == 1.0
-    assert math.isnan(VOCEvaluator(3).compute()["map_07"])
+    assert math.isnan(evaluate([], [], num_classes=3)["map_07"])
 
 
 def test_image_without_detections_still_counts_its_positives():
@@ -233,12 +249,22 @@ def test_wrong_class_detection_is_fp_for_its_class():
 
 
 def test_accepts_tensors_and_rejects_duplicate_image_ids():
-    ev = VOCEvaluator(1)
-    ev.update([torch.tensor([[0, 0, 10, 10, 0.9, 0.0]])],
-              [{"boxes": torch.tensor([[0, 0, 10, 10.0]]), "labels": torch.tensor([0])}], image_ids=[5])
-    assert ev.compute()["map_2010"] == 1.0
-    with pytest.raises(ValueError):
-        ev.update([dets()], [gt([], [])], image_ids=[5])
+    m = DetectionMAP(1)
+    m.update([torch.tensor([[0, 0, 10, 10, 0.9, 0.0]])], [torch.tensor([[0, 0, 10, 10.0]])], [torch.tensor([0])],
+             [torch.tensor([False])], torch.tensor([5]))
+    assert m.compute()["map_2010"] == 1.0
+    m.update([dets()], [np.zeros((0, 4))], [np.zeros(0, np.int64)], [np.zeros(0, bool)], [5])
+    with pytest.raises(ValueError, match="image id 5 added twice"):
+        m.compute()
+
+
+def test_update_rejects_malformed_images():
+    with pytest.raises(ValueError, match="one entry per image"):
+        DetectionMAP(1).update([dets()], [], [], [], [0])
+    with pytest.raises(ValueError, match="K, 6"):
+        DetectionMAP(1).update([np.zeros((2, 5))], [np.zeros((0, 4))], [np.zeros(0)], [np.zeros(0, bool)], [0])
+    with pytest.raises(ValueError, match="same length"):
+        DetectionMAP(1).update([dets()], [np.zeros((2, 4))], [np.zeros(1)], [np.zeros(2, bool)], [0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,19 +315,19 @@ def test_result_is_independent_of_how_images_are_split_and_ordered():
     det_list, gts = random_case(rng, 3)
     det_list, gts = det_list * 4, gts * 4  # 4 copies: plenty of exact ties across images
     records = [(i, dets(*d), gt(*g)) for i, (d, g) in enumerate(zip(det_list, gts))]
-    whole = VOCEvaluator(3)
-    whole.update([r[1] for r in records], [r[2] for r in records], [r[0] for r in records])
-    expected = whole.compute()
+    expected = evaluate([r[1] for r in records], [r[2] for r in records], 3, [r[0] for r in records])
     rng.shuffle(records)
-    ranks = [VOCEvaluator(3) for _ in range(3)]
-    for k, ev in enumerate(ranks):
+    ranks = [DetectionMAP(3) for _ in range(3)]
+    for k, m in enumerate(ranks):
         part = records[k::3]
         for i in range(0, len(part), 2):  # uneven batches
-            ev.update([r[1] for r in part[i:i + 2]], [r[2] for r in part[i:i + 2]], [r[0] for r in part[i:i + 2]])
-    merged = VOCEvaluator(3)
-    for ev in ranks:
-        merged.merge(ev.state())
-    got = merged.compute()
+            batch = part[i:i + 2]
+            m.update([r[1] for r in batch], [r[2]["boxes"] for r in batch], [r[2]["labels"] for r in batch],
+                     [r[2]["difficult"] for r in batch], [r[0] for r in batch])
+    merged = DetectionMAP(3)
+    for m in ranks:
+        merged.merge_state(m)  # what a gather does to the cat states
+    got = merged.compute()["voc"]
     for key in ("ap_07", "ap_2010"):
         np.testing.assert_array_equal(got[key], expected[key])
     for c in range(3):
@@ -316,7 +342,7 @@ def test_result_is_independent_of_how_images_are_split_and_ordered():
 def test_coco_perfect_detections_score_one():
     g = [gt([[0, 0, 10, 10], [20, 20, 50, 40]], [0, 1]), gt([[5, 5, 100, 80]], [1])]
     d = [dets([0, 0, 10, 10, 0.9, 0], [20, 20, 50, 40, 0.8, 1]), dets([5, 5, 100, 80, 0.7, 1])]
-    r = coco_map(d, g, num_classes=3)
+    r = coco_map(arrays(d, g), num_classes=3)
     assert r["map_50_95"] == pytest.approx(1.0) and r["map_50"] == pytest.approx(1.0)
     assert math.isnan(r["ap_50_95"][2])  # no ground truth of class 2
 
@@ -325,7 +351,7 @@ def test_coco_known_case_counts_iou_thresholds():
     # IoU 0.725 = 145/200: a match at thresholds .50 .55 .60 .65 .70, a miss at .75 .. .95
     g = [gt([[0, 0, 20, 10]], [0])]
     d = [dets([0, 0, 20, 7.25, 0.9, 0])]
-    r = coco_map(d, g, num_classes=1)
+    r = coco_map(arrays(d, g), num_classes=1)
     assert r["map_50"] == pytest.approx(1.0)
     assert r["map_75"] == pytest.approx(0.0)
     assert r["map_50_95"] == pytest.approx(0.5)
@@ -335,19 +361,19 @@ def test_coco_difficult_is_ignored_not_fp():
     # the highest-scoring detection sits on a difficult box; as an FP it would halve precision
     g = [gt([[0, 0, 10, 10], [30, 30, 40, 40]], [0, 0], difficult=[True, False])]
     d = [dets([0, 0, 10, 10, 0.9, 0], [30, 30, 40, 40, 0.8, 0])]
-    assert coco_map(d, g, num_classes=1)["map_50_95"] == pytest.approx(1.0)
+    assert coco_map(arrays(d, g), num_classes=1)["map_50_95"] == pytest.approx(1.0)
     # the same detections with the difficult box simply left out: the first one becomes an FP
     g_dropped = [gt([[30, 30, 40, 40]], [0])]
-    assert coco_map(d, g_dropped, num_classes=1)["map_50_95"] == pytest.approx(0.5, abs=0.01)
+    assert coco_map(arrays(d, g_dropped), num_classes=1)["map_50_95"] == pytest.approx(0.5, abs=0.01)
     # a missed difficult box is not a positive: recall stays 1
-    assert coco_map([d[0][1:]], g, num_classes=1)["map_50_95"] == pytest.approx(1.0)
+    assert coco_map(arrays([d[0][1:]], g), num_classes=1)["map_50_95"] == pytest.approx(1.0)
 
 
-def test_evaluator_compute_coco_runs_on_its_records():
-    ev = VOCEvaluator(2)
-    ev.update([dets([0, 0, 10, 10, 0.9, 0])], [gt([[0, 0, 10, 10]], [0])])
-    r = ev.compute_coco()
+def test_detection_map_computes_coco_on_its_arrays():
+    out = accumulate([dets([0, 0, 10, 10, 0.9, 0])], [gt([[0, 0, 10, 10]], [0])], num_classes=2, coco=True).compute()
+    r = out["coco"]
     assert r["map_50_95"] == pytest.approx(1.0) and math.isnan(r["ap_50"][1])
+    assert out["coco_map"] == r["map_50_95"] and out["coco_map_50"] == r["map_50"]
 
 
 def test_class_index_out_of_range_is_an_error():

@@ -18,8 +18,8 @@ import torch
 
 from yolov3.constants import DEFAULT_ANCHORS
 from yolov3.detector import Detector
-from yolov3.evaluation import VOCEvaluator
 from yolov3.loss import YoloLoss
+from yolov3.metrics import DetectionMAP
 from yolov3.model import YOLOv3
 from yolov3.targets import build_targets
 
@@ -98,9 +98,10 @@ def held_out_map(detector: Detector, n: int = 40, seed: int = 999) -> float:
     rng = np.random.default_rng(seed)
     data = [two_objects(rng, int(rng.integers(72, 121)), int(rng.integers(72, 121))) for _ in range(n)]
     low = detector.configured(conf_threshold=0.05)
-    evaluator = VOCEvaluator(NUM_CLASSES)
-    evaluator.update(low([d[0] for d in data]), [{"boxes": d[1], "labels": d[2]} for d in data])
-    return float(evaluator.compute()["map_2010"])
+    det_map = DetectionMAP(NUM_CLASSES)
+    det_map.update(low([d[0] for d in data]), [d[1] for d in data], [d[2] for d in data],
+                   [np.zeros(len(d[2]), bool) for d in data], range(n))
+    return float(det_map.compute()["map_2010"])
 
 
 def check_learned(detector: Detector, seed: int) -> float:

@@ -110,19 +110,18 @@ def evaluate_detector(detector, images: ImageSet, batch_size: int = 8) -> dict:
     Returns {"map_07", "map_2010", "num_images", "split"}. Raises ValueError for image
     files without labels.
     """
-    from yolov3.evaluation import VOCEvaluator
+    from yolov3.metrics import DetectionMAP
 
     if images.source is None:
         raise ValueError(f"{images.label}: scoring needs a labelled split (a dataset root), not bare images")
     source = images.source
     scorer = detector._replace(conf_threshold=EVAL_CONF, max_candidates=EVAL_MAX_CANDIDATES)
-    evaluator = VOCEvaluator(len(detector.class_names))
+    det_map = DetectionMAP(len(detector.class_names))
     for start in range(0, len(source), batch_size):
         samples = [source[i] for i in range(start, min(start + batch_size, len(source)))]
-        detections = scorer([s.image for s in samples])
-        truth = [{"boxes": s.boxes, "labels": s.labels, "difficult": s.difficult} for s in samples]
-        evaluator.update(detections, truth, range(start, start + len(samples)))
-    result = evaluator.compute()
+        det_map.update(scorer([s.image for s in samples]), [s.boxes for s in samples], [s.labels for s in samples],
+                       [s.difficult for s in samples], range(start, start + len(samples)))
+    result = det_map.compute()
     return {"map_07": float(result["map_07"]), "map_2010": float(result["map_2010"]),
             "num_images": int(result["num_images"]), "split": images.label}
 

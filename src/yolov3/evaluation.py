@@ -1,5 +1,6 @@
-"""Detection evaluation: PASCAL VOC average precision (VOC2007 11-point and VOC2010+ all-point)
-and COCO-style mAP@[.5:.95] through faster_coco_eval.
+"""Detection evaluation input as flat arrays (EvalArrays), and PASCAL VOC average precision
+(VOC2007 11-point and VOC2010+ all-point) on them. COCO-style mAP of the same arrays is in
+coco_eval.py; metrics.DetectionMAP accumulates them over a split (exactly, under DDP).
 
 VOC protocol, as in the devkit's VOCevaldet / voc_eval, per class:
 
@@ -35,7 +36,7 @@ global sort and a first-occurrence test.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,12 +44,57 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 
 
-def _np(x: ArrayLike, dtype, shape_tail: tuple[int, ...] = ()) -> np.ndarray:
-    """Any tensor / array / list -> numpy array of dtype (on CPU), empty inputs shaped (0, *tail)."""
+class EvalArrays(NamedTuple):
+    """A split's evaluation input: one row per image, per detection and per ground truth.
+
+    Images are identified by unique ints (e.g. dataset indices), in any order; rows of
+    different images may interleave, but the rows of one image keep their order (detections
+    as the detector ranked them, ground truths in annotation order): that order breaks score
+    and IoU ties. Boxes are continuous xyxy pixels.
+
+    images (I,) int64: every image evaluated, with or without boxes, each once.
+    det_image (D,) int64, det_boxes (D, 4) float64, det_scores (D,) float64, det_classes (D,) int64.
+    gt_image (G,) int64, gt_boxes (G, 4) float64, gt_classes (G,) int64, gt_difficult (G,) bool.
+    """
+
+    images: np.ndarray
+    det_image: np.ndarray
+    det_boxes: np.ndarray
+    det_scores: np.ndarray
+    det_classes: np.ndarray
+    gt_image: np.ndarray
+    gt_boxes: np.ndarray
+    gt_classes: np.ndarray
+    gt_difficult: np.ndarray
+
+
+def image_ranks(arrays: EvalArrays) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of each detection's and each ground truth's image among the sorted image ids.
+
+    Returns:
+        (D,) and (G,) int64 in 0..I-1.
+
+    Raises:
+        ValueError: an image id listed twice, or rows of an image that is not listed.
+    """
+    images = np.sort(arrays.images)
+    twice = images[1:][images[1:] == images[:-1]]
+    if twice.size:
+        raise ValueError(f"image id {int(twice[0])} added twice")
+    ranks = []
+    for name, ids in (("detection", arrays.det_image), ("ground-truth", arrays.gt_image)):
+        rank = np.searchsorted(images, ids)
+        if ids.size and (rank.max() >= images.size or np.any(images[rank] != ids)):
+            raise ValueError(f"{name} rows of an image that is not in images")
+        ranks.append(rank)
+    return ranks[0], ranks[1]
+
+
+def _np(x: ArrayLike, dtype) -> np.ndarray:
+    """Any tensor / array / list -> numpy array of dtype (on CPU)."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
-    a = np.asarray(x, dtype=dtype)
-    return a.reshape(0, *shape_tail) if a.size == 0 else a
+    return np.asarray(x, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,13 +202,13 @@ def best_ground_truth(det_key: np.ndarray, det_boxes: np.ndarray, gt_key: np.nda
     return best_iou, best_gt
 
 
-def score_order(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Evaluation order (D,): by class, then falling score, then input position.
+def score_order(scores: np.ndarray, classes: np.ndarray, image_rank: np.ndarray) -> np.ndarray:
+    """Evaluation order (D,): by class, then falling score, then image rank, then input position.
 
-    Detections are concatenated image by image (ascending image id) keeping each image's rows
-    in order, so "input position" is the documented tie rule (image order, then row).
+    Each image's rows keep their order in the input, so the last two keys are the documented
+    tie rule (image order, then the detection's row in its image) however images interleave.
     """
-    return np.lexsort((np.arange(scores.shape[0]), -scores, classes))
+    return np.lexsort((np.arange(scores.shape[0]), image_rank, -scores, classes))
 
 
 def detection_outcomes(best_iou: np.ndarray, best_gt: np.ndarray, gt_difficult: np.ndarray,
@@ -189,28 +235,39 @@ def detection_outcomes(best_iou: np.ndarray, best_gt: np.ndarray, gt_difficult: 
     return tp, ignored
 
 
-def evaluate_voc(det_image: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray,
-                 det_classes: np.ndarray, gt_image: np.ndarray, gt_boxes: np.ndarray,
-                 gt_classes: np.ndarray, gt_difficult: np.ndarray, num_classes: int,
-                 iou_threshold: float = 0.5) -> dict[str, Any]:
-    """VOC evaluation of flat arrays. Images are integer ranks 0..I-1; detections must be
-    concatenated in image-rank order (their position breaks score ties).
+def evaluate_voc(arrays: EvalArrays, num_classes: int, iou_threshold: float = 0.5) -> dict[str, Any]:
+    """VOC evaluation of a split's flat arrays.
 
     Args:
-        det_image (D,) int, det_boxes (D, 4), det_scores (D,), det_classes (D,) int;
-        gt_image (G,) int, gt_boxes (G, 4), gt_classes (G,) int, gt_difficult (G,) bool.
+        arrays: the split (EvalArrays); any order of images gives the same result.
+        num_classes: C; class indices are 0..C-1.
+        iou_threshold: a detection matches when IoU > this (strictly).
 
     Returns:
-        see VOCEvaluator.compute.
+        dict with
+          "map_07", "map_2010": float, mean over classes with positives (NaN if none);
+          "ap_07", "ap_2010": (C,) float64, NaN for classes without non-difficult GT;
+          "precision", "recall", "scores": lists of C arrays (D_c,), the PR curve of each
+              class after each non-ignored detection in falling score order (recall NaN
+              for classes without positives);
+          "num_positives" (non-difficult GT), "num_detections" (detections that are TP
+              or FP, i.e. not ignored on a difficult box), "num_tp": (C,) int64;
+          "num_images": int, I.
+
+    Raises:
+        ValueError: a class index outside [0, C), or an image id problem (image_ranks).
     """
+    det_scores, det_classes = arrays.det_scores, arrays.det_classes
+    gt_classes, gt_difficult = arrays.gt_classes, arrays.gt_difficult
     for name, cls in (("detection", det_classes), ("ground-truth", gt_classes)):
         if cls.size and (cls.min() < 0 or cls.max() >= num_classes):
             raise ValueError(f"{name} class indices must lie in [0, {num_classes})")
-    num_images = int(max(det_image.max(initial=-1), gt_image.max(initial=-1))) + 1
+    det_rank, gt_rank = image_ranks(arrays)
+    num_images = arrays.images.shape[0]
     num_keys = max(num_images, 1) * num_classes
-    best_iou, best_gt = best_ground_truth(det_image * num_classes + det_classes, det_boxes,
-                                          gt_image * num_classes + gt_classes, gt_boxes, num_keys)
-    order = score_order(det_scores, det_classes)
+    best_iou, best_gt = best_ground_truth(det_rank * num_classes + det_classes, arrays.det_boxes,
+                                          gt_rank * num_classes + gt_classes, arrays.gt_boxes, num_keys)
+    order = score_order(det_scores, det_classes, det_rank)
     tp, ignored = detection_outcomes(best_iou, best_gt, gt_difficult, order, iou_threshold)
     positives = np.bincount(gt_classes[~gt_difficult], minlength=num_classes)[:num_classes]
 
@@ -238,214 +295,3 @@ def evaluate_voc(det_image: np.ndarray, det_boxes: np.ndarray, det_scores: np.nd
     out["map_2010"] = float(out["ap_2010"][defined].mean()) if defined.any() else float("nan")
     out["num_images"] = num_images
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Accumulator
-# --------------------------------------------------------------------------------------------
-
-
-def image_record(image_id: int, detections: ArrayLike, ground_truth: dict) -> dict[str, Any]:
-    """One image's evaluation input as plain numpy (picklable, device-free).
-
-    Args:
-        detections: (K, 6) x1, y1, x2, y2, score, class.
-        ground_truth: {"boxes": (N, 4) xyxy, "labels": (N,), "difficult": (N,) bool, optional}.
-    """
-    det = _np(detections, np.float64, (6,))
-    boxes = _np(ground_truth["boxes"], np.float64, (4,))
-    labels = _np(ground_truth["labels"], np.int64)
-    difficult = ground_truth.get("difficult")
-    difficult = np.zeros(labels.shape[0], bool) if difficult is None else _np(difficult, bool)
-    if det.ndim != 2 or det.shape[1] != 6:
-        raise ValueError(f"detections must be (K, 6), got {det.shape}")
-    if not (boxes.shape[0] == labels.shape[0] == difficult.shape[0]):
-        raise ValueError("ground truth boxes, labels and difficult must have the same length")
-    return {"image_id": int(image_id), "detections": det, "boxes": boxes, "labels": labels,
-            "difficult": difficult}
-
-
-def flatten_records(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Records sorted by image id -> the flat arrays evaluate_voc takes (images as ranks)."""
-    ids = [r["image_id"] for r in records]
-    if len(set(ids)) != len(ids):
-        raise ValueError("duplicate image ids")
-    records = sorted(records, key=lambda r: r["image_id"])
-    det_counts = [r["detections"].shape[0] for r in records]
-    gt_counts = [r["labels"].shape[0] for r in records]
-    det = np.concatenate([r["detections"] for r in records]) if records else np.zeros((0, 6))
-    ranks = np.arange(len(records))
-    return {
-        "det_image": np.repeat(ranks, det_counts), "det_boxes": det[:, :4], "det_scores": det[:, 4],
-        "det_classes": det[:, 5].astype(np.int64),
-        "gt_image": np.repeat(ranks, gt_counts),
-        "gt_boxes": np.concatenate([r["boxes"] for r in records]) if records else np.zeros((0, 4)),
-        "gt_classes": np.concatenate([r["labels"] for r in records]) if records else np.zeros(0, np.int64),
-        "gt_difficult": np.concatenate([r["difficult"] for r in records]) if records else np.zeros(0, bool),
-    }
-
-
-class VOCEvaluator:
-    """Accumulates detections and ground truths over a split; computes VOC and COCO metrics.
-
-    Plain Python (no Lightning). Each image is stored as a numpy record keyed by its image id;
-    compute() sorts by id, so gathering the records of several processes (state() on each,
-    merge() on one) gives exactly the single-process result whatever the split.
-
-    Args:
-        num_classes: C; class indices are 0..C-1.
-        iou_threshold: a detection matches when IoU > this (strictly).
-        class_names: optional names, used by compute_coco.
-    """
-
-    def __init__(self, num_classes: int, iou_threshold: float = 0.5, class_names: Sequence[str] | None = None) -> None:
-        self.num_classes = num_classes
-        self.iou_threshold = iou_threshold
-        self.class_names = tuple(class_names) if class_names is not None else tuple(map(str, range(num_classes)))
-        self.reset()
-
-    def reset(self) -> None:
-        self._records: dict[int, dict[str, Any]] = {}
-        self._next_id = 0
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def update(self, detections: Sequence[ArrayLike], ground_truths: Sequence[dict],
-               image_ids: Sequence[int] | None = None) -> None:
-        """Add a batch of images.
-
-        Args:
-            detections: per image (K, 6) [x1, y1, x2, y2, score, class] (tensor or array).
-            ground_truths: per image {"boxes": (N, 4) xyxy, "labels": (N,), "difficult": (N,)
-                bool (optional, default all False)}, in the same pixel frame as the detections.
-            image_ids: per image a unique int (e.g. the dataset index); needed for results
-                that do not depend on the process split. Default: a running counter.
-        """
-        if len(detections) != len(ground_truths):
-            raise ValueError("detections and ground_truths must have one entry per image")
-        if image_ids is None:
-            image_ids = range(self._next_id, self._next_id + len(detections))
-        image_ids = [int(i) for i in image_ids]
-        records = [image_record(i, d, g) for i, d, g in zip(image_ids, detections, ground_truths, strict=True)]
-        self.merge(records)
-
-    def state(self) -> list[dict[str, Any]]:
-        """The per-image records (plain numpy dicts), sorted by image id, for gathering."""
-        return [self._records[k] for k in sorted(self._records)]
-
-    def merge(self, records: Sequence[dict[str, Any]]) -> None:
-        """Add records from state() of another evaluator (e.g. gathered from other ranks)."""
-        for r in records:
-            if r["image_id"] in self._records:
-                raise ValueError(f"image id {r['image_id']} added twice")
-            self._records[r["image_id"]] = r
-            self._next_id = max(self._next_id, r["image_id"] + 1)
-
-    def compute(self) -> dict[str, Any]:
-        """VOC metrics over every image added.
-
-        Returns:
-            dict with
-              "map_07", "map_2010": float, mean over classes with positives (NaN if none);
-              "ap_07", "ap_2010": (C,) float64, NaN for classes without non-difficult GT;
-              "precision", "recall", "scores": lists of C arrays (D_c,), the PR curve of each
-                  class after each non-ignored detection in falling score order (recall NaN
-                  for classes without positives);
-              "num_positives" (non-difficult GT), "num_detections" (detections that are TP
-                  or FP, i.e. not ignored on a difficult box), "num_tp": (C,) int64;
-              "num_images": int.
-        """
-        flat = flatten_records(self.state())
-        out = evaluate_voc(**flat, num_classes=self.num_classes, iou_threshold=self.iou_threshold)
-        out["num_images"] = len(self._records)
-        return out
-
-    def compute_coco(self) -> dict[str, Any]:
-        """COCO-style metrics (see coco_map) over every image added."""
-        records = self.state()
-        return coco_map([r["detections"] for r in records],
-                        [{"boxes": r["boxes"], "labels": r["labels"], "difficult": r["difficult"]} for r in records],
-                        class_names=self.class_names, num_classes=self.num_classes)
-
-
-# --------------------------------------------------------------------------------------------
-# COCO-style metrics through faster_coco_eval
-# --------------------------------------------------------------------------------------------
-
-
-def _quiet(*_args, **_kwargs) -> None:
-    pass
-
-
-def coco_map(detections: Sequence[ArrayLike], ground_truths: Sequence[dict],
-             image_sizes: Sequence[tuple[int, int]] | None = None, class_names: Sequence[str] | None = None,
-             *, num_classes: int | None = None) -> dict[str, Any]:
-    """COCO mAP@[.5:.95], mAP@.5 and mAP@.75 of boxes, built in memory (no files).
-
-    Difficult ground truths become COCO ``iscrowd`` regions, the only ignore mechanism COCOeval
-    honours (it overwrites any ``ignore`` field with ``iscrowd``): they are not counted as
-    positives, and a detection matched to one is neither TP nor FP. Two COCO rules differ from
-    VOC here: a detection is matched to a crowd region by intersection over the *detection's*
-    area, and one region may absorb several detections; and a match needs IoU >= threshold
-    (COCO), not > (VOC). Detections beyond 100 per image (by score) are ignored (COCO maxDets).
-    Boxes are continuous xyxy (COCO's bbox IoU has no +1 either).
-
-    Args:
-        detections: per image (K, 6) [x1, y1, x2, y2, score, class].
-        ground_truths: per image {"boxes": (N, 4), "labels": (N,), "difficult": (N,) optional}.
-        num_classes: C.
-        image_sizes: optional per image (height, width), stored in the COCO image records
-            (bbox evaluation does not use them).
-        class_names: optional C names.
-        num_classes: C; default len(class_names), else 1 + the largest class index seen.
-
-    Returns:
-        {"map_50_95", "map_50", "map_75", "mar_100": float (NaN when undefined),
-         "ap_50_95", "ap_50": (C,) float64 per class (NaN for classes without positives)}.
-    """
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    records = [image_record(i, d, g) for i, (d, g) in enumerate(zip(detections, ground_truths, strict=True))]
-    if num_classes is None:
-        seen = [r["labels"].max(initial=-1) for r in records] + [r["detections"][:, 5].max(initial=-1) for r in records]
-        num_classes = len(class_names) if class_names is not None else int(max(seen, default=-1)) + 1
-    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
-    images, annotations, results = [], [], []
-    for i, r in enumerate(records):
-        h, w = image_sizes[i] if image_sizes is not None else (0, 0)
-        images.append({"id": i + 1, "height": int(h), "width": int(w)})
-        for box, label, difficult in zip(r["boxes"].tolist(), r["labels"].tolist(), r["difficult"].tolist()):
-            bw, bh = box[2] - box[0], box[3] - box[1]
-            # annotation ids start at 1: COCOeval uses 0 as "unmatched"
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": label + 1,
-                                "bbox": [box[0], box[1], bw, bh], "area": bw * bh,
-                                "iscrowd": int(difficult), "ignore": int(difficult)})
-        for x1, y1, x2, y2, score, cls in r["detections"].tolist():
-            results.append({"image_id": i + 1, "category_id": int(cls) + 1,
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
-    categories = [{"id": c + 1, "name": names[c]} for c in range(num_classes)]
-    gt_api = COCO({"images": images, "annotations": annotations, "categories": categories}, print_function=_quiet)
-    dt_api = gt_api.loadRes(results)
-    ev = COCOeval_faster(gt_api, dt_api, "bbox", print_function=_quiet)
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    stats = ev.stats_as_dict
-
-    def defined(v: float) -> float:
-        return float("nan") if v < 0 else float(v)  # COCOeval reports -1 for "no data"
-
-    # precision: (T iou thresholds, R recall points, K classes, A areas, M maxDets); area "all",
-    # maxDets 100; -1 marks classes without positives
-    prec = ev.eval["precision"][:, :, :, 0, -1]
-    ap_50_95, ap_50 = np.full(num_classes, np.nan), np.full(num_classes, np.nan)
-    iou50 = int(np.flatnonzero(np.isclose(ev.params.iouThrs, 0.5))[0])
-    for k, cat in enumerate(ev.params.catIds):
-        p = prec[:, :, k]
-        if (p > -1).any():
-            ap_50_95[cat - 1] = p[p > -1].mean()
-            ap_50[cat - 1] = p[iou50][p[iou50] > -1].mean()
-    return {"map_50_95": defined(stats["AP_all"]), "map_50": defined(stats["AP_50"]),
-            "map_75": defined(stats["AP_75"]), "mar_100": defined(stats["AR_third"]),
-            "ap_50_95": ap_50_95, "ap_50": ap_50}

@@ -1,10 +1,16 @@
-"""Metrics: the course's three cell accuracies, accumulated as counts (exact under DDP)."""
+"""Metrics over a split, exact under DDP: the course's three cell accuracies (counts) and
+detection mAP (the flat evaluation arrays)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torchmetrics import Metric
+
+from yolov3.coco_eval import coco_map
+from yolov3.evaluation import EvalArrays, evaluate_voc
 
 
 class CourseAccuracy(Metric):
@@ -56,10 +62,17 @@ class DetectionMAP(Metric):
     """VOC07 11-point and VOC2010+ all-point mAP@0.5 (and optionally COCO mAP) over a split.
 
     update() takes each image's detections and ground truth in original image pixels with
-    the image's dataset index as its id. States are flat tensors gathered across processes
-    by torchmetrics (uneven sizes are fine), and compute() hands them, regrouped per image
-    and sorted by id, to evaluation.VOCEvaluator: a DDP run gives exactly the figures of a
-    single-process run over the same images.
+    the image's dataset index as its id. The states are the fields of evaluation.EvalArrays,
+    one flat tensor each, concatenated across processes by torchmetrics (uneven sizes are
+    fine); compute() hands them to evaluate_voc (and coco_map) as they are. Results depend on
+    the image ids, not on the order or the process images came in, so a DDP run gives exactly
+    the figures of a single-process run over the same images; an id seen twice (an image
+    counted twice, e.g. by a padding sampler) makes compute() raise ValueError.
+
+    Args:
+        num_classes: C; class indices are 0..C-1.
+        iou_threshold: a VOC match needs IoU > this (strictly).
+        coco: also compute COCO mAP@[.5:.95] and mAP@.5 (faster_coco_eval; slower).
     """
 
     full_state_update = False
@@ -68,58 +81,78 @@ class DetectionMAP(Metric):
     def __init__(self, num_classes: int, iou_threshold: float = 0.5, coco: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes, self.iou_threshold, self.coco = num_classes, iou_threshold, coco
-        # detections: (K, 7) image id, x1, y1, x2, y2, score, class; ground truth: (G, 7)
-        # image id, x1, y1, x2, y2, class, difficult; images: (N,) ids of every image seen
-        self.add_state("detections", default=[], dist_reduce_fx="cat")
-        self.add_state("ground_truth", default=[], dist_reduce_fx="cat")
-        self.add_state("images", default=[], dist_reduce_fx="cat")
+        for name in EvalArrays._fields:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, detections: list[torch.Tensor], boxes: list[torch.Tensor], labels: list[torch.Tensor],
-               difficult: list[torch.Tensor], image_ids: torch.Tensor) -> None:
-        """Per image: detections (K, 6) [x1, y1, x2, y2, score, class], boxes (G, 4), labels
-        (G,), difficult (G,) bool; image_ids (B,) unique ints (dataset indices)."""
-        for det, b, lab, dif, i in zip(detections, boxes, labels, difficult, image_ids.tolist(), strict=True):
-            det = det.to(self.device, torch.float64)
-            self.detections.append(torch.cat((torch.full((len(det), 1), i, dtype=torch.float64, device=self.device),
-                                              det), 1))
-            gt = torch.cat((b.to(self.device, torch.float64).reshape(-1, 4), lab.to(self.device, torch.float64)[:, None],
-                            dif.to(self.device, torch.float64)[:, None]), 1)
-            self.ground_truth.append(torch.cat((torch.full((len(gt), 1), i, dtype=torch.float64, device=self.device),
-                                                gt), 1))
-        self.images.append(image_ids.to(self.device, torch.long).reshape(-1))
+    def update(self, detections: Sequence, boxes: Sequence, labels: Sequence, difficult: Sequence,
+               image_ids: torch.Tensor | Sequence[int]) -> None:
+        """Add a batch of B images (tensors on any device, or arrays).
+
+        Args:
+            detections: per image (K, 6) [x1, y1, x2, y2, score, class], ranked by the detector.
+            boxes: per image (G, 4) xyxy ground truth, in the same pixel frame.
+            labels: per image (G,) class indices.
+            difficult: per image (G,) bool.
+            image_ids: (B,) unique ints (dataset indices).
+
+        Raises:
+            ValueError: lists of different lengths, detections not (K, 6), or an image whose
+                boxes, labels and difficult differ in length.
+        """
+        ids = torch.as_tensor(image_ids).to(self.device, torch.long).reshape(-1)
+        if not len(detections) == len(boxes) == len(labels) == len(difficult) == len(ids):
+            raise ValueError("detections, boxes, labels, difficult and image_ids must have one entry per image")
+        if len(ids) == 0:
+            return
+
+        def flat(per_image: Sequence, dtype: torch.dtype, tail: tuple[int, ...] = ()) -> list[torch.Tensor]:
+            out = [torch.as_tensor(x).to(self.device, dtype) for x in per_image]
+            return [x.reshape(0, *tail) if x.numel() == 0 else x for x in out]
+
+        det = flat(detections, torch.float64, (6,))
+        if any(d.ndim != 2 or d.shape[1] != 6 for d in det):
+            raise ValueError(f"detections must be (K, 6), got {[tuple(d.shape) for d in det]}")
+        gt = (flat(boxes, torch.float64, (4,)), flat(labels, torch.long), flat(difficult, torch.bool))
+        gt_counts = [len(b) for b in gt[0]]
+        if gt_counts != [len(x) for x in gt[1]] or gt_counts != [len(x) for x in gt[2]]:
+            raise ValueError("ground truth boxes, labels and difficult must have the same length per image")
+        det_counts = [len(d) for d in det]
+        det = torch.cat(det)
+        self.images.append(ids)
+        self.det_image.append(ids.repeat_interleave(torch.tensor(det_counts, device=self.device)))
+        self.det_boxes.append(det[:, :4])
+        self.det_scores.append(det[:, 4])
+        self.det_classes.append(det[:, 5].long())
+        self.gt_image.append(ids.repeat_interleave(torch.tensor(gt_counts, device=self.device)))
+        self.gt_boxes.append(torch.cat(gt[0]))
+        self.gt_classes.append(torch.cat(gt[1]))
+        self.gt_difficult.append(torch.cat(gt[2]))
+
+    def arrays(self) -> EvalArrays:
+        """The states as numpy EvalArrays: this process's alone, except inside compute(),
+        which gathers every process's first."""
+
+        def flat(name: str, dtype, tail: tuple[int, ...] = ()) -> np.ndarray:
+            state = getattr(self, name)
+            if isinstance(state, list):  # before a sync (gathered states are one tensor)
+                state = torch.cat(state) if state else torch.zeros(0)
+            return state.detach().cpu().numpy().astype(dtype).reshape(-1, *tail)
+
+        return EvalArrays(images=flat("images", np.int64), det_image=flat("det_image", np.int64),
+                          det_boxes=flat("det_boxes", np.float64, (4,)), det_scores=flat("det_scores", np.float64),
+                          det_classes=flat("det_classes", np.int64), gt_image=flat("gt_image", np.int64),
+                          gt_boxes=flat("gt_boxes", np.float64, (4,)), gt_classes=flat("gt_classes", np.int64),
+                          gt_difficult=flat("gt_difficult", bool))
 
     def compute(self) -> dict:
-        """{"map_07", "map_2010"} (and "coco_map", "coco_map_50" when coco) as floats, plus
-        "voc" (the VOCEvaluator result: per-class AP and PR curves) and "coco" details."""
-        from yolov3.evaluation import VOCEvaluator
-
-        def cat(state, width):
-            if isinstance(state, torch.Tensor):
-                return state.reshape(-1, width).cpu().numpy()
-            return torch.cat(state).reshape(-1, width).cpu().numpy() if state else torch.zeros(0, width).numpy()
-
-        det, gt = cat(self.detections, 7), cat(self.ground_truth, 7)
-        ids = sorted(set(cat(self.images, 1)[:, 0].astype(int).tolist()))
-        evaluator = VOCEvaluator(self.num_classes, self.iou_threshold)
-        det_by_id = _split_by_id(det, ids)
-        gt_by_id = _split_by_id(gt, ids)
-        evaluator.update([det_by_id[i][:, 1:] for i in ids],
-                         [{"boxes": gt_by_id[i][:, 1:5], "labels": gt_by_id[i][:, 5].astype(int),
-                           "difficult": gt_by_id[i][:, 6] > 0} for i in ids], image_ids=ids)
-        voc = evaluator.compute()
+        """{"map_07", "map_2010"} (and "coco_map", "coco_map_50" when coco) as floats,
+        "num_images", "voc" (evaluate_voc's result: per-class AP and PR curves) and, when
+        coco, "coco" (coco_map's result)."""
+        arrays = self.arrays()
+        voc = evaluate_voc(arrays, self.num_classes, self.iou_threshold)
         out = {"map_07": float(voc["map_07"]), "map_2010": float(voc["map_2010"]), "voc": voc,
-               "num_images": len(ids)}
+               "num_images": voc["num_images"]}
         if self.coco:
-            coco = evaluator.compute_coco()
+            coco = coco_map(arrays, self.num_classes)
             out.update(coco_map=float(coco["map_50_95"]), coco_map_50=float(coco["map_50"]), coco=coco)
         return out
-
-
-def _split_by_id(rows, ids: list[int]) -> dict:
-    """Rows (R, 7) whose first column is an image id -> {id: its rows, in their order}."""
-    order = np.argsort(rows[:, 0], kind="stable")
-    rows = rows[order]
-    keys = rows[:, 0].astype(int)
-    starts = np.searchsorted(keys, ids, side="left")
-    ends = np.searchsorted(keys, ids, side="right")
-    return {i: rows[s:e] for i, s, e in zip(ids, starts, ends)}
