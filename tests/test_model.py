@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from yolov3.model import YOLOv3, count_parameters, scale_channels
+from yolov3.constants import STRIDES
+from yolov3.model import ResidualBlock, ScalePrediction, YOLOv3, count_parameters, scale_channels
 
 
 def test_exact_parameter_count_full_width():
@@ -13,6 +14,54 @@ def test_frozen_unused_batchnorms_are_the_only_non_trainable_params():
     m = YOLOv3()
     frozen = sum(p.numel() for p in m.parameters() if not p.requires_grad)
     assert frozen == 3 * 2 * 75  # the course's unused BN in each head's last conv
+
+
+def test_parts_index_the_courses_layer_list():
+    """The named parts are indices into the course's `layers` (whose state_dict keys stay
+    layers.N...): Darknet-53 is layers 0-10, the heads 15, 22 and 29, and the upsamples 17
+    and 24 concatenate the outputs of stages 4 and 3 (the two 8-block stages)."""
+    m = YOLOv3(num_classes=3, width=0.125)
+    parts = m.parts()
+    assert len(m.layers) == 30 and parts["backbone"] == tuple(range(11)) and parts["backbone.stem"] == (0,)
+    assert [parts[f"backbone.stage{k}"] for k in range(1, 6)] == [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)]
+    assert m.strides == STRIDES and m.head_layers == (15, 22, 29)
+    assert [parts[f"head{s}"] for s in STRIDES] == [(15,), (22,), (29,)]
+    assert all(isinstance(m.layers[i], ScalePrediction) for i in m.head_layers)
+    assert m.routes == {17: 8, 24: 6}
+    assert all(m.layers[i].num_repeats == 8 for i in m.routes.values())
+    assert all(isinstance(m.layers[i], nn.Upsample) for i in m.routes)
+    # every layer is in exactly one of the finest parts; the neck is its three branches
+    finest = [n for n in parts if n not in ("backbone", "neck")]
+    assert sorted(i for n in finest for i in parts[n]) == list(range(30))
+    assert parts["neck"] == parts["neck.s32"] + parts["neck.s16"] + parts["neck.s8"]
+    assert [m.output_path(f"neck.s{s}") for s in STRIDES] == ["layers.14", "layers.21", "layers.28"]
+    assert m.output_path("backbone") == m.output_path("backbone.stage5") == "layers.10"
+    with pytest.raises(ValueError, match="neck.s32"):
+        m.output_path("neck")
+    with pytest.raises(ValueError, match="backbone.stage3"):
+        m.output_path("torso")
+    keys = list(YOLOv3().state_dict())
+    assert len(keys) == 453 and keys[0] == "layers.0.conv.weight" and "layers.6.layers.7.1.conv.weight" in keys
+    assert keys[-1] == "layers.29.pred.1.bn.num_batches_tracked"
+
+
+def test_parts_outputs_are_at_their_strides():
+    """Each backbone stage k outputs stride 2^k, each neck.s<s> stride s with the channels
+    its head takes (a forward pass with hooks on the parts' last layers)."""
+    m = YOLOv3(num_classes=3, width=0.125).eval()
+    names = [f"backbone.stage{k}" for k in range(1, 6)] + [f"neck.s{s}" for s in STRIDES]
+    shapes = {}
+    handles = [m.get_submodule(m.output_path(n)).register_forward_hook(
+        lambda _m, _i, out, n=n: shapes.__setitem__(n, tuple(out.shape))) for n in names]
+    with torch.no_grad():
+        m(torch.rand(1, 3, 64, 128))
+    for h in handles:
+        h.remove()
+    for k in range(1, 6):
+        assert shapes[f"backbone.stage{k}"][2:] == (64 >> k, 128 >> k)
+        assert isinstance(m.get_submodule(m.output_path(f"backbone.stage{k}")), ResidualBlock)
+    for s, head in zip(STRIDES, m.head_layers):
+        assert shapes[f"neck.s{s}"][1:] == (m.layers[head].pred[0].conv.in_channels, 64 // s, 128 // s)
 
 
 @pytest.mark.parametrize("size", [320, 416, 608])

@@ -28,9 +28,9 @@ their maximum, so 0 means "no evidence" and 1 the strongest evidence in that map
 
 API: explain(detector, images, method, layer) -> one ImageCAM per image (the detections,
 one DetectionCAM per detection, the EigenCAM); explain_cells(...) for chosen head cells
-(e.g. the same targets on another model); render / overlay to draw; `yolov3 cam`
-is yolov3.commands.cam. The Detector does the preprocessing and decode (Detector.preprocess,
-Detector.decode): there is no second copy of them here.
+(e.g. the same targets on another model); yolov3.viz.render_cam draws the results;
+`yolov3 cam` is yolov3.commands.cam. The Detector does the preprocessing and decode
+(Detector.preprocess, Detector.decode): there is no second copy of them here.
 """
 
 from __future__ import annotations
@@ -39,14 +39,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from yolov3.constants import STRIDES
 from yolov3.letterbox import Letterbox
-from yolov3.model import ResidualBlock, ScalePrediction
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
 
@@ -59,26 +58,22 @@ LAYER_ALIASES = {
     "head8": "input of the stride-8 prediction head",
     "backbone": "last stage of Darknet-53 (stride 32, the 4-block residual stage)",
 }
-HEAD_ALIASES = ("head32", "head16", "head8")  # in the order of the model's outputs
+HEAD_ALIASES = tuple(f"head{s}" for s in STRIDES)  # in the order of the model's outputs
 
 
 # ------------------------------------------------------------------------------ layers
 
 def layer_aliases(model: nn.Module) -> dict[str, str]:
-    """Alias -> module path for the fixed aliases ("head" is resolved per scale, not here).
+    """Alias -> module path for the fixed aliases ("head" is resolved per scale, not here),
+    from the model's named parts (YOLOv3.parts): head<s> is the output of neck.s<s>, the
+    input of the stride-s head; "backbone" the output of Darknet-53 (its stage 5).
 
-    The head layers are the modules just before each ScalePrediction (in output order:
-    strides 32, 16, 8); "backbone" is the last residual stage before the first prediction
-    branch.
+    Raises ValueError for a model without named parts.
     """
-    layers = getattr(model, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError("layer aliases need a YOLOv3 (a model with a `layers` ModuleList)")
-    heads = [f"layers.{i - 1}" for i, m in enumerate(layers) if isinstance(m, ScalePrediction)]
-    first_head = next(i for i, m in enumerate(layers) if isinstance(m, ScalePrediction))
-    backbone = [i for i, m in enumerate(layers[:first_head])
-                if isinstance(m, ResidualBlock) and m.use_residual]
-    return {**dict(zip(HEAD_ALIASES, heads)), "backbone": f"layers.{backbone[-1]}"}
+    if not callable(getattr(model, "output_path", None)):
+        raise ValueError("layer aliases need a YOLOv3 (a model with named parts)")
+    heads = {f"head{s}": model.output_path(f"neck.s{s}") for s in STRIDES}
+    return {**heads, "backbone": model.output_path("backbone")}
 
 
 def resolve_layer(model: nn.Module, layer: str) -> list[str]:
@@ -386,46 +381,3 @@ def _detection_maps(outputs, acts, paths, cells, classes, score_mode, method):
             for j, k in enumerate(ks):
                 out[image_of[k]][rank[k]] = (maps[j], float(targets[k].detach()), float(norms[j]), path)
     return out
-
-
-# ---------------------------------------------------------------------------- drawing
-
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a [0, 1] map (H, W) over image (H, W, 3) uint8 with the jet colour map -> uint8."""
-    heat = cv2.applyColorMap(np.uint8(np.clip(heatmap, 0, 1) * 255), cv2.COLORMAP_JET)
-    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32)
-    return np.clip((1 - alpha) * image.astype(np.float32) + alpha * heat, 0, 255).astype(np.uint8)
-
-
-def caption(image: np.ndarray, text: str) -> np.ndarray:
-    """A copy of image with `text` on a black band at the bottom left."""
-    from PIL import Image, ImageDraw
-
-    im = Image.fromarray(image)
-    draw = ImageDraw.Draw(im)
-    draw.rectangle((0, im.height - 13, draw.textlength(text) + 6, im.height), fill=(0, 0, 0))
-    draw.text((3, im.height - 12), text, fill=(255, 255, 255))
-    return np.asarray(im)
-
-
-def render(image: np.ndarray, result: ImageCAM, class_names: Sequence[str],
-           method: str) -> list[tuple[str, np.ndarray]]:
-    """Pictures for one image: (name suffix, (H, W, 3) uint8), the EigenCAM first (if any),
-    then one per detection.
-
-    Per-detection overlays show that detection's map with only its box; the EigenCAM
-    overlay shows every box.
-    """
-    from yolov3.viz import draw_boxes
-
-    pictures = []
-    if result.eigencam is not None:
-        d = result.detections
-        pic = draw_boxes(overlay(image, result.eigencam), d[:, :4], d[:, 5].astype(int), class_names, scores=d[:, 4])
-        name = result.eigen_layer_name or "+".join(result.eigen_layers)
-        pictures.append(("eigencam", caption(pic, f"eigencam {name}")))
-    for k, cam in enumerate(result.cams):
-        pic = draw_boxes(overlay(image, cam.heatmap), cam.box[None], [cam.label], class_names, scores=[cam.score])
-        name = class_names[cam.label] if 0 <= cam.label < len(class_names) else str(cam.label)
-        pictures.append((f"det{k}_{name}_{method}", caption(pic, f"{method} {cam.layer_name or cam.layer}")))
-    return pictures

@@ -18,6 +18,8 @@ COCO_ANCHORS_416: tuple[tuple[tuple[int, int], ...], ...] = (
 DEFAULT_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = tuple(
     tuple((w / 416.0, h / 416.0) for w, h in scale) for scale in COCO_ANCHORS_416
 )
+# The output strides of yolov3.model.YOLOv3, in its output order (YOLOv3.strides, worked out
+# from the layer configuration, equals this); the anchor groups above follow the same order.
 STRIDES: tuple[int, ...] = (32, 16, 8)
 
 # Key of the checkpoint entry with what inference needs from the data side (class names,

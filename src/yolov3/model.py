@@ -1,9 +1,9 @@
 """The course's YOLOv3: a Darknet-53 body and three prediction heads, as a plain nn.Module.
 
-The layer list below is the course's configuration, kept as data so the network can be
-read top to bottom. Module names and nesting follow the course code (`layers.N.conv`,
-`layers.N.bn`, `layers.N.layers.K...`, `layers.N.pred...`), so a state_dict saved by the
-course's model loads into this one.
+The layer lists below (backbone, then neck and heads) are the course's configuration, kept
+as data so the network can be read top to bottom. Module names and nesting follow the course
+code (`layers.N.conv`, `layers.N.bn`, `layers.N.layers.K...`, `layers.N.pred...`), so a
+state_dict saved by the course's model loads into this one.
 
 Shapes: input (B, 3, S, S) float in [0, 1] with S a multiple of 32; outputs a list of three
 tensors (B, 3, S/32, S/32, 5+C), (B, 3, S/16, S/16, 5+C), (B, 3, S/8, S/8, 5+C), whose last
@@ -19,8 +19,8 @@ from torch import nn
 
 # (out_channels, kernel, stride) is a conv block; ("B", n) n residual blocks;
 # "S" a prediction branch (residual pair without skip, 1x1 conv, head); "U" an upsample
-# whose output is concatenated with the matching backbone route.
-CONFIG: list = [
+# whose output is concatenated with the backbone's output at the stride it upsamples to.
+BACKBONE_CONFIG: list = [  # Darknet-53: a stem conv, then 5 stages (stride-2 conv + residual blocks)
     (32, 3, 1),
     (64, 3, 2),
     ("B", 1),
@@ -31,7 +31,9 @@ CONFIG: list = [
     (512, 3, 2),
     ("B", 8),
     (1024, 3, 2),
-    ("B", 4),  # end of Darknet-53
+    ("B", 4),
+]
+NECK_CONFIG: list = [  # the feature pyramid, each "S" ending in a head (stride 32 first)
     (512, 1, 1),
     (1024, 3, 1),
     "S",
@@ -138,6 +140,23 @@ class ScalePrediction(nn.Module):
 class YOLOv3(nn.Module):
     """YOLOv3 with the course's Darknet-53 configuration.
 
+    The network is one nn.ModuleList, `layers`, in forward order (so the state_dict keys are
+    the course's `layers.N...`); its parts are named by index, worked out once from the
+    configuration when the model is built (see parts()):
+
+        backbone          Darknet-53, layers 0-10: backbone.stem (layer 0), then
+                          backbone.stage1 ... backbone.stage5, each a stride-2 conv and its
+                          residual blocks (output strides 2, 4, 8, 16, 32)
+        neck              the feature pyramid: neck.s32, neck.s16, neck.s8, the layers
+                          between the backbone (or the previous head) and each head; the
+                          last layer of each is that head's input
+        head32/16/8       the three ScalePredictions, in output order (strides: `strides`)
+
+    Attributes set at build: strides (output strides in output order, constants.STRIDES),
+    head_layers (index of each head, same order), routes (upsample layer index -> index of
+    the backbone layer whose output is concatenated to it: the pyramid's lateral, Darknet's
+    "route", connections).
+
     Args:
         num_classes: number of object classes C (20 for VOC).
         width: channel multiplier (1.0 is the course's model; 0.25 has about 1/16 of the
@@ -153,43 +172,88 @@ class YOLOv3(nn.Module):
             raise ValueError(f"width must be > 0, got {width}")
         self.num_classes = num_classes
         self.width = width
-        self.layers = self._build(in_channels)
+        self.layers = nn.ModuleList()
+        self._parts: dict[str, tuple[int, ...]] = {}
+        self.strides: tuple[int, ...] = ()
+        self.head_layers: tuple[int, ...] = ()
+        self.routes: dict[int, int] = {}
+        self._build(in_channels)
 
-    def _build(self, in_channels: int) -> nn.ModuleList:
-        layers = nn.ModuleList()
-        c = in_channels
-        route_channels: list[int] = []
-        for item in CONFIG:
-            if isinstance(item, tuple) and item[0] == "B":
+    def _conv(self, in_channels: int, item: tuple[int, int, int]) -> CNNBlock:
+        """The CNNBlock of a config item (out_channels, kernel, stride), at the model's width."""
+        out, k, s = item
+        return CNNBlock(in_channels, scale_channels(out, self.width), kernel_size=k, stride=s,
+                        padding=1 if k == 3 else 0)
+
+    def _build(self, in_channels: int) -> None:
+        """Append the layers of the configuration and name the parts (see the class docstring)."""
+        layers = self.layers
+        stages: dict[str, tuple[int, ...]] = {}  # backbone.stem, backbone.stage1...
+        branches: dict[str, tuple[int, ...]] = {}  # neck.s32...
+        stage_out: dict[int, tuple[int, int]] = {}  # stride -> (index, channels) of the backbone's output there
+        c, stride, start = in_channels, 1, 0
+
+        def stage_name() -> str:
+            return "backbone.stem" if stride == 1 else f"backbone.stage{int(math.log2(stride))}"
+
+        for item in BACKBONE_CONFIG:
+            if item[0] == "B":
                 layers.append(ResidualBlock(c, num_repeats=item[1]))
-                if item[1] == 8:
-                    route_channels.append(c)
-            elif isinstance(item, tuple):
-                out, k, s = item
-                out = scale_channels(out, self.width)
-                layers.append(CNNBlock(c, out, kernel_size=k, stride=s, padding=1 if k == 3 else 0))
-                c = out
+            else:
+                if item[2] == 2:  # the downsampling conv starts a stage
+                    stages[stage_name()] = tuple(range(start, len(layers)))
+                    start, stride = len(layers), stride * 2
+                layers.append(self._conv(c, item))
+                c = layers[-1].conv.out_channels
+            stage_out[stride] = (len(layers) - 1, c)
+        stages[stage_name()] = tuple(range(start, len(layers)))
+        backbone, start = tuple(range(len(layers))), len(layers)
+        for item in NECK_CONFIG:
+            if isinstance(item, tuple):
+                layers.append(self._conv(c, item))
+                c = layers[-1].conv.out_channels
             elif item == "S":
-                layers += [
-                    ResidualBlock(c, use_residual=False, num_repeats=1),
-                    CNNBlock(c, c // 2, kernel_size=1),
-                    ScalePrediction(c // 2, self.num_classes),
-                ]
+                layers += [ResidualBlock(c, use_residual=False, num_repeats=1), CNNBlock(c, c // 2, kernel_size=1)]
                 c = c // 2
+                branches[f"neck.s{stride}"] = tuple(range(start, len(layers)))
+                layers.append(ScalePrediction(c, self.num_classes))
+                self.strides += (stride,)
+                self.head_layers += (len(layers) - 1,)
+                start = len(layers)
             elif item == "U":
                 layers.append(nn.Upsample(scale_factor=2))
-                # Concatenated with the matching backbone route (256+512=768, 128+256=384 at full width).
-                c = c + route_channels.pop()
-            else:  # pragma: no cover - CONFIG is fixed
+                stride //= 2
+                # concatenated with the backbone's output at the new stride (256+512=768,
+                # 128+256=384 channels at full width)
+                source, source_channels = stage_out[stride]
+                self.routes[len(layers) - 1] = source
+                c = c + source_channels
+            else:  # pragma: no cover - the configuration is fixed
                 raise ValueError(f"unknown config item {item!r}")
-        return layers
+        neck = tuple(i for part in branches.values() for i in part)
+        heads = {f"head{s}": (i,) for s, i in zip(self.strides, self.head_layers)}
+        self._parts = {"backbone": backbone, **stages, "neck": neck, **branches, **heads}
+        self._route_sources = frozenset(self.routes.values())
+
+    def parts(self) -> dict[str, tuple[int, ...]]:
+        """Part name -> the indices of its layers in `layers`, ascending (names in the class
+        docstring). The module path of layer i is f"layers.{i}"."""
+        return dict(self._parts)
+
+    def output_path(self, part: str) -> str:
+        """The module path ("layers.N") of the layer whose output is `part`'s output: its
+        last layer. Raises ValueError for an unknown name, and for "neck", which has three
+        outputs (neck.s32, neck.s16, neck.s8)."""
+        if part == "neck" or part not in self._parts:
+            raise ValueError(f"{part!r} is not a part with one output: use one of "
+                             f"{', '.join(p for p in self._parts if p != 'neck')}")
+        return f"layers.{self._parts[part][-1]}"
 
     def init_objectness_bias(self, prior: float) -> None:
         """Start every head at sigmoid(objectness) = prior (ScalePrediction.init_objectness_bias
         on each of the three)."""
-        for head in self.layers:
-            if isinstance(head, ScalePrediction):
-                head.init_objectness_bias(prior)
+        for i in self.head_layers:
+            self.layers[i].init_objectness_bias(prior)
 
     def use_channels_last(self, enabled: bool = True, min_channels: int = CHANNELS_LAST_MIN) -> None:
         """Lay out the weights of convolutions with at least `min_channels` output channels
@@ -217,17 +281,18 @@ class YOLOv3(nn.Module):
         """x: (B, 3, S, S) float, S a multiple of 32 -> three (B, 3, S/stride, S/stride, 5+C) tensors."""
         if x.shape[-1] % 32 or x.shape[-2] % 32:
             raise ValueError(f"input height and width must be multiples of 32, got {tuple(x.shape[-2:])}")
+        heads, routes, sources = self.head_layers, self.routes, self._route_sources
         outputs: list[torch.Tensor] = []
-        routes: list[torch.Tensor] = []
-        for layer in self.layers:
-            if isinstance(layer, ScalePrediction):
+        kept: dict[int, torch.Tensor] = {}  # backbone outputs the upsamples will concatenate
+        for i, layer in enumerate(self.layers):
+            if i in heads:  # a head reads x and leaves it to the next branch
                 outputs.append(layer(x))
                 continue
             x = layer(x)
-            if isinstance(layer, ResidualBlock) and layer.num_repeats == 8:
-                routes.append(x)
-            elif isinstance(layer, nn.Upsample):
-                x = torch.cat([x, routes.pop()], dim=1)
+            if i in sources:
+                kept[i] = x
+            elif i in routes:
+                x = torch.cat([x, kept.pop(routes[i])], dim=1)
         return outputs
 
 

@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from yolov3.constants import STRIDES
 from yolov3.model import YOLOv3
 
 OPSET = 17
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("head_s32", "head_s16", "head_s8")
+OUTPUT_NAMES = tuple(f"head_s{s}" for s in STRIDES)  # the model's outputs, in its order
 # How int8 calibration sets activation ranges (quantize_int8); the first is the default.
 CALIB_METHODS = ("minmax", "percentile")
 
@@ -54,7 +55,7 @@ def export_onnx(model: YOLOv3, metadata: dict[str, str], path: str | Path | None
     net.use_channels_last(False)
     example = torch.zeros(1, 3, 64, 64)
     dynamic = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
-    for name, stride in zip(OUTPUT_NAMES, (32, 16, 8)):
+    for name, stride in zip(OUTPUT_NAMES, STRIDES):
         dynamic[name] = {0: "batch", 2: f"height/{stride}", 3: f"width/{stride}"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():

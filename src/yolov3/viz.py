@@ -1,4 +1,4 @@
-"""Drawing boxes and plotting training curves."""
+"""Drawing boxes and class activation maps, and plotting training curves."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from yolov3.cam import ImageCAM
 
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -70,6 +75,45 @@ def image_grid(images: Sequence[np.ndarray], cols: int = 4, cell: int = 320) -> 
         y = (i // cols) * cell + (cell - im.height) // 2
         canvas.paste(im, (x, y))
     return np.asarray(canvas)
+
+
+def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a [0, 1] map (H, W) over image (H, W, 3) uint8 with the jet colour map -> uint8."""
+    heat = cv2.applyColorMap(np.uint8(np.clip(heatmap, 0, 1) * 255), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32)
+    return np.clip((1 - alpha) * image.astype(np.float32) + alpha * heat, 0, 255).astype(np.uint8)
+
+
+def caption(image: np.ndarray, text: str) -> np.ndarray:
+    """A copy of image with `text` on a black band at the bottom left."""
+    im = Image.fromarray(image)
+    draw = ImageDraw.Draw(im)
+    draw.rectangle((0, im.height - 13, draw.textlength(text) + 6, im.height), fill=(0, 0, 0))
+    draw.text((3, im.height - 12), text, fill=(255, 255, 255))
+    return np.asarray(im)
+
+
+def render_cam(image: np.ndarray, result: ImageCAM, class_names: Sequence[str],
+               method: str) -> list[tuple[str, np.ndarray]]:
+    """Pictures of one image's yolov3.cam.explain result: (name suffix, (H, W, 3) uint8),
+    the EigenCAM first (if any), then one per detection.
+
+    Per-detection overlays show that detection's map with only its box; the EigenCAM
+    overlay shows every box.
+    """
+    pictures = []
+    if result.eigencam is not None:
+        d = result.detections
+        pic = draw_boxes(overlay_heatmap(image, result.eigencam), d[:, :4], d[:, 5].astype(int), class_names,
+                         scores=d[:, 4])
+        name = result.eigen_layer_name or "+".join(result.eigen_layers)
+        pictures.append(("eigencam", caption(pic, f"eigencam {name}")))
+    for k, cam in enumerate(result.cams):
+        pic = draw_boxes(overlay_heatmap(image, cam.heatmap), cam.box[None], [cam.label], class_names,
+                         scores=[cam.score])
+        name = class_names[cam.label] if 0 <= cam.label < len(class_names) else str(cam.label)
+        pictures.append((f"det{k}_{name}_{method}", caption(pic, f"{method} {cam.layer_name or cam.layer}")))
+    return pictures
 
 
 def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> None:

@@ -134,9 +134,9 @@ class DetectorApp:
         JSON for any of them: whatever is not a setting's type and range (or not a file for
         `path`) is refused with an UploadError that names the setting.
         """
-        from yolov3.cam import ImageCAM, explain, render
+        from yolov3.cam import ImageCAM, explain
         from yolov3.commands.detect import coco_records
-        from yolov3.viz import draw_boxes
+        from yolov3.viz import draw_boxes, render_cam
 
         if cam not in CAM_CHOICES:
             raise UploadError(f"CAM must be one of {', '.join(CAM_CHOICES)}, not {cam!r}")
@@ -169,14 +169,14 @@ class DetectorApp:
                 result = explain(explainer, [image], method, "head", eigencam=cam == CAM_EIGEN)[0]
                 dets = result.detections
         if cam == CAM_EIGEN:
-            overlay = render(image, result, names, "eigencam")[0][1]
+            overlay = render_cam(image, result, names, "eigencam")[0][1]
         elif cam == CAM_GRAD and len(result.cams):
             k = which
             if not 0 <= k < len(result.cams):
                 notes.append(f"there is no detection #{k} (there are {len(result.cams)}); explaining #0")
                 k = 0
             one = ImageCAM(result.detections[k:k + 1], [result.cams[k]], None, result.eigen_layers)
-            overlay = render(image, one, names, "gradcam")[0][1]
+            overlay = render_cam(image, one, names, "gradcam")[0][1]
         elif cam == CAM_GRAD:
             notes.append("no detections to explain: lower the confidence")
         seconds = time.perf_counter() - t0

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from yolov3.cam import METHODS, explain, render, resolve_layer
+from yolov3.cam import METHODS, explain, resolve_layer
 from yolov3.commands.detect import _output_names
 from yolov3.data.sample import expand_sources, load_rgb
 from yolov3.detector import Detector
-from yolov3.viz import image_grid
+from yolov3.viz import image_grid, render_cam
 
 
 def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "gradcam", layer: str = "head",
@@ -53,7 +53,7 @@ def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "g
         for i, img, res in zip(idx, images, results):
             row = []
             sheet.append(row)
-            for suffix, pic in render(img, res, detector.class_names, method):
+            for suffix, pic in render_cam(img, res, detector.class_names, method):
                 Image.fromarray(pic).save(out / f"{stems[i]}_{suffix}.png")
                 row.append(pic)
             zero += sum(c.grad_norm == 0 for c in res.cams)
