@@ -36,7 +36,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from yolov3.boxes import decode_heads, nms_per_image, select_candidates
+from yolov3.boxes import decode_heads
+from yolov3.postprocess import nms_per_image, select_candidates
 from yolov3.constants import DEFAULT_ANCHORS, STRIDES
 from yolov3.coco_eval import coco_map
 from yolov3.metrics import DetectionMAP

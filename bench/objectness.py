@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from common import describe_machine, report
-from yolov3.boxes import postprocess, xyxy_to_cxcywh
+from yolov3.boxes import xyxy_to_cxcywh
 from yolov3.constants import DEFAULT_ANCHORS
 from yolov3.data.augment import letterbox
 from yolov3.data.devkit import VOCDevkit
 from yolov3.loss import YoloLoss
 from yolov3.metrics import CourseAccuracy, DetectionMAP
 from yolov3.model import YOLOv3
+from yolov3.postprocess import postprocess
 from yolov3.targets import build_targets
 
 VARIANTS = [("mse_iou", None), ("mse_iou", 0.01), ("bce_iou", None), ("bce_iou", 0.01)]

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from yolov3.boxes import (batched_nms, cxcywh_to_xyxy, decode_heads, nms, pairwise_iou, postprocess,
-                          select_candidates, xyxy_to_cxcywh)
+from yolov3.boxes import cxcywh_to_xyxy, decode_heads, pairwise_iou, xyxy_to_cxcywh
+from yolov3.nms import batched_nms, nms
+from yolov3.postprocess import postprocess, select_candidates
 from yolov3.constants import DEFAULT_ANCHORS, STRIDES
 from yolov3.detector import Detector
 from yolov3.model import YOLOv3

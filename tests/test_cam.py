@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from yolov3.boxes import decode_heads, flat_cell_to_index, postprocess, postprocess_with_cells
+from yolov3.boxes import decode_heads
+from yolov3.postprocess import flat_cell_to_index, postprocess
 from yolov3.cam import (METHODS, capture_activations, eigencam_map, explain, explain_cells, gradcam_map,
                         gradcam_pp_map, layer_aliases, resolve_layer, target_scores, to_image)
 from yolov3.constants import DEFAULT_ANCHORS
@@ -280,7 +281,7 @@ def test_postprocess_with_cells_matches_postprocess_and_the_cell_order():
     anchors = torch.tensor(DEFAULT_ANCHORS)
     outputs = [torch.randn(2, 3, g, g, 9) for g in (2, 4, 8)]
     ref = postprocess(outputs, anchors, (64, 64), 0.3, 0.45, 50)
-    dets, cells = postprocess_with_cells(outputs, anchors, (64, 64), 0.3, 0.45, 50)
+    dets, cells = postprocess(outputs, anchors, (64, 64), 0.3, 0.45, 50, return_cells=True)
     assert sum(len(d) for d in dets) > 10
     for a, b, c in zip(ref, dets, cells):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -298,7 +299,7 @@ def test_cells_point_at_the_box_they_decode():
     anchors = torch.tensor(DEFAULT_ANCHORS)
     outputs = [torch.randn(1, 3, g, g, 7) for g in (2, 4, 8)]
     boxes, _, _ = decode_heads(outputs, anchors, (64, 64))
-    dets, cells = postprocess_with_cells(outputs, anchors, (64, 64), 0.4, 0.45, None)
+    dets, cells = postprocess(outputs, anchors, (64, 64), 0.4, 0.45, None, return_cells=True)
     offsets = np.cumsum([0] + [o[0, ..., 0].numel() for o in outputs])
     for d, (s, a, y, x) in zip(dets[0], cells[0].tolist()):
         g = outputs[s].shape[2]

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolov3.boxes import postprocess, postprocess_with_cells
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS, DEFAULT_SIZE, VOC_CLASSES
 from yolov3.data.augment import letterbox
 from yolov3.data.sample import Sample
 from yolov3.letterbox import Letterbox
 from yolov3.model import YOLOv3
 from yolov3.onnx_backend import CALIB_METHODS
+from yolov3.postprocess import postprocess
 
 
 # The post-processing settings a training run evaluated with, by their name in the
@@ -266,9 +266,9 @@ class Detector:
     def decode(self, outputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Head outputs -> per image (K, 6) detections in input pixels and (K, 4) long
         (scale, anchor, row, column) cells they came from, with this detector's settings."""
-        return postprocess_with_cells([o.detach() for o in outputs], self.anchors, (self.size, self.size),
-                                      self.conf_threshold, self.iou_threshold, self.max_detections,
-                                      self.score_mode, self.max_candidates)
+        return postprocess([o.detach() for o in outputs], self.anchors, (self.size, self.size), self.conf_threshold,
+                           self.iou_threshold, self.max_detections, self.score_mode, self.max_candidates,
+                           return_cells=True)
 
     @staticmethod
     def to_original(det: torch.Tensor, info: Letterbox) -> np.ndarray:

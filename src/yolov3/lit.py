@@ -9,12 +9,12 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from yolov3.boxes import postprocess
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS
 from yolov3.loss import LOSS_TERMS, LossWeights, YoloLoss
 from yolov3.metrics import CourseAccuracy, DetectionMAP
 from yolov3.model import YOLOv3
 from yolov3.nonfinite import NonFiniteGuard
+from yolov3.postprocess import postprocess
 from yolov3.targets import build_targets
 
 class YoloLitModule(L.LightningModule):
