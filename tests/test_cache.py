@@ -162,7 +162,7 @@ def test_disk_cache_errors_name_the_folder(tmp_path, synth_root):
 
 
 def test_disk_cache_needs_a_file_backed_source():
-    from yolov3.data.datamodule import DetectionDataset
+    from yolov3.data.dataset import DetectionDataset
 
     samples = [Sample(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 4)), np.zeros(0))]
     with pytest.raises(ValueError, match="needs a source read from files, got list"):

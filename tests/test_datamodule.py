@@ -2,7 +2,9 @@ import numpy as np
 import torch
 
 from yolov3.data.augment import AugmentConfig
-from yolov3.data.datamodule import EvalBatchSampler, TrainBatchSampler, YoloDataModule, collate
+from yolov3.data.datamodule import YoloDataModule
+from yolov3.data.dataset import collate
+from yolov3.data.samplers import EvalBatchSampler, TrainBatchSampler
 
 
 def test_collate_targets_are_normalised_cxcywh_with_image_index():

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from yolov3.data.augment import AugmentConfig
-from yolov3.data.datamodule import DetectionDataset, TrainBatchSampler, YoloDataModule, collate
+from yolov3.data.datamodule import YoloDataModule
+from yolov3.data.dataset import DetectionDataset, collate
+from yolov3.data.samplers import TrainBatchSampler
 from yolov3.data.sample import Sample
 from yolov3.lit import YoloLitModule
 from yolov3.targets import build_targets
