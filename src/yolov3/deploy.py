@@ -8,14 +8,19 @@ images (calibration from a training split, scoring on a test split) and measures
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from yolov3.data.sample import DataError, load_rgb
-from yolov3.onnx_backend import CALIB_METHODS
+from yolov3.constants import VOC_CLASSES
+from yolov3.data.sample import DataError, expand_sources, load_rgb
+from yolov3.data.sources import detect_layout, open_source
+from yolov3.detector import Detector
+from yolov3.metrics import DetectionMAP
+from yolov3.onnx_backend import CALIB_METHODS, set_metadata
 
 # The VOC protocol's settings for detections that are scored, as training's evaluation uses
 # them (YoloLitModule's eval_conf_threshold and eval_max_candidates defaults).
@@ -56,10 +61,6 @@ def open_images(data: Sequence[str], split: str | None, role: str,
 
     Raises FileNotFoundError / DataError (a ValueError) naming what is missing or wrong.
     """
-    from yolov3.constants import VOC_CLASSES
-    from yolov3.data.sources import detect_layout, open_source
-    from yolov3.data.sample import expand_sources
-
     if len(data) == 1 and Path(data[0]).is_dir():
         root = Path(data[0])
         try:
@@ -110,8 +111,6 @@ def evaluate_detector(detector, images: ImageSet, batch_size: int = 8) -> dict:
     Returns {"map_07", "map_2010", "num_images", "split"}. Raises ValueError for image
     files without labels.
     """
-    from yolov3.metrics import DetectionMAP
-
     if images.source is None:
         raise ValueError(f"{images.label}: scoring needs a labelled split (a dataset root), not bare images")
     source = images.source
@@ -136,11 +135,6 @@ def export_int8(detector, out: str | Path, calibration: ImageSet, n_calib: int =
     Returns {"out", "calibration_images", "calibration", "seconds", and with evaluation
     "fp32" and "int8" (evaluate_detector's results)}.
     """
-    import time
-
-    from yolov3.detector import Detector
-    from yolov3.onnx_backend import set_metadata
-
     t0 = time.perf_counter()
     data = detector.save_onnx(calibration=calibration_images(calibration, n_calib), calib_method=calib_method)
     report = {"out": str(out), "calibration_images": min(n_calib, len(calibration)),

@@ -16,7 +16,7 @@ from yolov3.data.augment import letterbox
 from yolov3.data.sample import Sample
 from yolov3.letterbox import Letterbox
 from yolov3.model import YOLOv3
-from yolov3.onnx_backend import CALIB_METHODS
+from yolov3.onnx_backend import CALIB_METHODS, OnnxNetwork, export_onnx, quantize_int8
 from yolov3.postprocess import postprocess
 
 
@@ -128,14 +128,12 @@ class Detector:
     @classmethod
     def from_safetensors(cls, path: str | Path, **kwargs) -> Detector:
         """Load an export written by save_safetensors (tensors plus width / class names metadata)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
-
+        st = _safetensors()
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with st.safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
+            tensors = st.torch.load_file(str(path))
+        except (st.SafetensorError, OSError, ValueError) as exc:
             raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
         data = _data_from_metadata(meta, path, "safetensors")
         model = YOLOv3(num_classes=len(data["class_names"]), width=data["width"])
@@ -148,8 +146,6 @@ class Detector:
         """Load an export written by save_onnx; the network runs in ONNX Runtime on the CPU
         (`threads`: its intra-op threads, default one per core). Pre- and post-processing
         are the torch backend's. Raises ValueError for a file that is not such an export."""
-        from yolov3.onnx_backend import OnnxNetwork
-
         network = OnnxNetwork(path, threads=threads)
         meta = network.metadata
         data = _data_from_metadata(meta, path, "ONNX")
@@ -204,8 +200,6 @@ class Detector:
         with (onnx_backend.quantize_int8): they are preprocessed as detection does (letterboxed
         to this detector's size), `batch_size` at a time. None: a float32 export.
         """
-        from yolov3.onnx_backend import export_onnx, quantize_int8
-
         self._require_torch_weights()
         meta = {**self.metadata(), "anchors": json.dumps(self.anchors.detach().cpu().tolist())}
         if calibration is None:
@@ -222,8 +216,6 @@ class Detector:
         if backend != "onnxruntime":
             raise ValueError(f"{self.source}: an {self.backend} export cannot run on the {backend} backend "
                              "(it holds no torch weights); load the .ckpt or .safetensors weights")
-        from yolov3.onnx_backend import OnnxNetwork
-
         network = OnnxNetwork(self.save_onnx(), threads=threads)
         return self._replace(model=network, anchors=self.anchors.cpu(), device="cpu")
 
@@ -245,12 +237,10 @@ class Detector:
     def save_safetensors(self, path: str | Path) -> None:
         """Write the weights, anchors, width, class names, sizes and the post-processing
         settings (score mode, NMS IoU, detections per image) as one safetensors file."""
-        from safetensors.torch import save_file
-
         self._require_torch_weights()
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tensors["anchors"] = self.anchors.detach().cpu().contiguous()
-        save_file(tensors, str(path), metadata=self.metadata())
+        _safetensors().torch.save_file(tensors, str(path), metadata=self.metadata())
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[Letterbox]]:
         """images: list of (H, W, 3) uint8 RGB -> (B, 3, S, S) float in [0, 1] on the
@@ -287,6 +277,15 @@ class Detector:
         dets = postprocess(outputs, self.anchors, (self.size, self.size), self.conf_threshold,
                            self.iou_threshold, self.max_detections, self.score_mode, self.max_candidates)
         return [self.to_original(det, info) for det, info in zip(dets, infos)]
+
+
+def _safetensors():
+    """The safetensors package, imported when a .safetensors file is read or written: a Space
+    serving ONNX weights does not install it."""
+    import safetensors
+    import safetensors.torch  # noqa: F401 (the submodule, as safetensors.torch)
+
+    return safetensors
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

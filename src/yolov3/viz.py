@@ -116,12 +116,21 @@ def render_cam(image: np.ndarray, result: ImageCAM, class_names: Sequence[str],
     return pictures
 
 
-def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> None:
-    """Loss and the three accuracies per epoch from a Lightning CSVLogger metrics.csv."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display). Imported here, once, not
+    with the module: inference (the Detector, the app, a Space) draws boxes with this module
+    and needs no matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> None:
+    """Loss and the three accuracies per epoch from a Lightning CSVLogger metrics.csv."""
+    plt = _pyplot()
 
     rows = list(csv.DictReader(open(metrics_csv, newline="")))
 
@@ -164,10 +173,7 @@ def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> None:
 def plot_pr_curves(precision: Sequence[np.ndarray], recall: Sequence[np.ndarray], ap: Sequence[float],
                    class_names: Sequence[str], out_png: str | Path) -> None:
     """One small precision-recall panel per class (the raw curve and its VOC envelope)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     n = len(class_names)
     cols = 5
@@ -197,10 +203,7 @@ def plot_pr_curves(precision: Sequence[np.ndarray], recall: Sequence[np.ndarray]
 def plot_ap_bars(ap_07: Sequence[float], ap_2010: Sequence[float], class_names: Sequence[str],
                  out_png: str | Path) -> None:
     """Per-class AP@0.5, VOC07 11-point and VOC2010+ all-point side by side, with the means."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     a07, a10 = 100 * np.asarray(ap_07, float), 100 * np.asarray(ap_2010, float)
     x = np.arange(len(class_names))

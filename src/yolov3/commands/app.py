@@ -17,6 +17,9 @@ makes the page and `serve` launches it with Gradio's queue.
 
 from __future__ import annotations
 
+import argparse
+import ctypes
+import ctypes.util
 import functools
 import logging
 import os
@@ -28,8 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from yolov3.cam import ImageCAM, explain
+from yolov3.commands.detect import coco_records
 from yolov3.commands.requests import (MAX_PIXELS, MAX_SIDE, NOT_A_FILE, UploadError, _image_data_or_not, _index,
-                                      _not_a_file, _number, _png_file, _save_data_url, _shown, read_upload)
+                                      _not_a_file, _number, _png_file, _save_data_url, _shown, gradio,
+                                      read_upload)
+from yolov3.data.sample import expand_sources
+from yolov3.detector import Detector, weights_format
+from yolov3.viz import draw_boxes, render_cam
 
 log = logging.getLogger("yolov3.commands.app")
 
@@ -101,8 +110,6 @@ class DetectorApp:
     def info(self) -> str:
         """Markdown for the model panel: name, width, parameters, classes, weights' origin,
         backend, and the VOC07 scores an int8 export records."""
-        from yolov3.detector import weights_format
-
         d, m = self.detector, self.detector.model
         params = f"{d.num_parameters:,} parameters · " if d.num_parameters else ""
         source = d.source or "(weights given in memory)"
@@ -134,10 +141,6 @@ class DetectorApp:
         JSON for any of them: whatever is not a setting's type and range (or not a file for
         `path`) is refused with an UploadError that names the setting.
         """
-        from yolov3.cam import ImageCAM, explain
-        from yolov3.commands.detect import coco_records
-        from yolov3.viz import draw_boxes, render_cam
-
         if cam not in CAM_CHOICES:
             raise UploadError(f"CAM must be one of {', '.join(CAM_CHOICES)}, not {cam!r}")
         if cam != CAM_NONE and self.explainer is None:
@@ -192,8 +195,7 @@ class DetectorApp:
 
     def build(self):
         """The Gradio page (gr.Blocks); its one API endpoint is /detect."""
-        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-        import gradio as gr
+        gr = gradio()
 
         def path_only(payload, cache_dir):
             """The uploaded file's path, the file unopened and unchanged.
@@ -229,9 +231,7 @@ class DetectorApp:
             except (UploadError, ValueError) as exc:
                 log.info("refused: %s", exc)  # one line in the server's log, no traceback
                 raise gr.Error(str(exc), title="Cannot use this input", print_exception=False) from None
-            import pandas as pd  # a dependency of Gradio
-
-            table = pd.DataFrame(p.table(names), columns=TABLE_HEADERS)  # keeps the headers when empty
+            table = _table(p.table(names))
             keep = _index(which) if _index(which) < len(p.detections) else 0
             cache_dir = annotated.GRADIO_CACHE
             # Plain values only, never gr.update(...) or a component: Gradio builds a new
@@ -287,15 +287,20 @@ class DetectorApp:
                 none, the outputs are empty (plain values, not gr.skip(): see run)."""
                 if path is not None:
                     return run(path, *settings)
-                import pandas as pd
-
-                return None, pd.DataFrame(columns=TABLE_HEADERS), None, [], "", settings[-1]
+                return None, _table([]), None, [], "", settings[-1]
 
             for control in (cam, which):
                 control.input(rerun, inputs, outputs, api_name=False)
             if self.examples:
                 gr.Examples(self.examples, inputs=[image], label="examples (click one, then Detect)")
         return page
+
+
+def _table(rows):
+    """The detections table's value: a DataFrame, which keeps the headers when there are no rows."""
+    import pandas as pd  # a dependency of Gradio, imported with it
+
+    return pd.DataFrame(list(rows), columns=TABLE_HEADERS)
 
 
 MALLOC_ARENAS = 2
@@ -315,9 +320,6 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """
     if os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
@@ -358,8 +360,6 @@ def _explain_queue_full(page) -> None:
 
 def find_examples(paths: Sequence[str] = ()) -> list[str]:
     """Example images: those given (files, folders, globs), else the demo's synthetic test images."""
-    from yolov3.data.sample import expand_sources
-
     if paths:
         return [str(p) for p in expand_sources(paths)]
     if DEMO_EXAMPLES.is_dir():
@@ -377,8 +377,7 @@ def serve(app: DetectorApp, host: str = "127.0.0.1", port: int = 7860, concurren
     gradio_client raises QueueError, the page shows Gradio's "currently busy" notice), and
     the server's log says so. A queue without a bound would let waits grow without one.
     """
-    import gradio as gr
-
+    gr = gradio()
     limit_malloc_arenas()
     page = app.build()
     page.queue(default_concurrency_limit=concurrency, max_size=max_queue)
@@ -390,3 +389,30 @@ def serve(app: DetectorApp, host: str = "127.0.0.1", port: int = 7860, concurren
     return page.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, allowed_paths=allowed,
                        theme=theme, prevent_thread_lock=not block, show_error=True, quiet=False,
                        footer_links=["api"], ssr_mode=False)
+
+
+def command(args: argparse.Namespace) -> None:
+    weights = args.weights
+    if weights is None:
+        if not DEMO_WEIGHTS.is_file():
+            raise SystemExit(f"yolov3 app: no --weights given and no demo checkpoint at {DEMO_WEIGHTS}. "
+                             "Run `make demo` first (it trains one on synthetic data in about 12 minutes on a "
+                             "2-core CPU), or pass --weights with a .ckpt checkpoint or a .safetensors export.")
+        weights = str(DEMO_WEIGHTS)
+    try:
+        detector = Detector.load(weights, size=args.size, conf_threshold=args.conf, iou_threshold=args.iou,
+                                 device=args.device)
+        # detections from ONNX Runtime, explanations from the torch weights when there are any
+        explainer = detector if detector.backend == "torch" else None
+        if args.backend is not None:
+            detector = detector.with_backend(args.backend)
+        examples = find_examples(args.examples)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"yolov3 app: {exc}") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the app listens on %s: anyone who can reach this machine can use it", args.host)
+    print(f"weights {weights}; {len(examples)} example images; serving on http://{args.host}:{args.port} "
+          "(Ctrl+C stops)")
+    serve(DetectorApp(detector, examples, explainer=explainer), host=args.host, port=args.port,
+          concurrency=args.concurrency,
+          max_queue=args.max_queue)

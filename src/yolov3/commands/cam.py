@@ -4,6 +4,7 @@ files and writes the pictures."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -79,3 +80,17 @@ def _sheet(rows: Sequence[Sequence[np.ndarray]], cols: int, cell: int) -> np.nda
         if r:
             tiles += list(r) + [blank] * (-len(r) % cols)
     return image_grid(tiles, cols=cols, cell=cell)
+
+
+def command(args: argparse.Namespace) -> None:
+    try:
+        summary = run_cam(args.images, args.weights, args.out, method=args.method, layer=args.layer, size=args.size,
+                          conf=args.conf, iou=args.iou, device=args.device, max_detections=args.max_det,
+                          batch_size=args.batch)
+    except (FileNotFoundError, ValueError) as exc:  # DataError (unreadable image) is a ValueError
+        raise SystemExit(f"yolov3 cam: {exc}") from None
+    print(f"{summary['detections']} detections in {summary['images']} images: {summary['pictures']} overlays and "
+          f"contact_sheet.png in {summary['out']} ({summary['seconds_per_image']:.2f} s per image)")
+    if summary["zero_maps"]:
+        print(f"{summary['zero_maps']} detections do not depend on layer {args.layer!r} (their maps are empty); "
+              f"try --layer head or backbone")

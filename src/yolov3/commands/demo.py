@@ -7,9 +7,23 @@ predictions.png.
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 import time
 from pathlib import Path
+
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from yolov3.commands.cam import run_cam
+from yolov3.commands.detect import run_detect
+from yolov3.commands.lightning_cli import load_cli
+from yolov3.commands.report import ACCURACIES, summarise, write_report
+from yolov3.data.synthetic import generate
+from yolov3.detector import Detector
+from yolov3.viz import draw_boxes, image_grid, plot_training_curves
 
 # The bars the mission sets for reduced-width models (class, no-object, object accuracy).
 BARS = {"class_acc": 75.0, "noobj_acc": 95.0, "obj_acc": 70.0}
@@ -18,12 +32,6 @@ BARS = {"class_acc": 75.0, "noobj_acc": 95.0, "obj_acc": 70.0}
 def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600, n_test: int = 200,
              seed: int = 0, out_dir: str = "runs/demo", overrides: list[str] | None = None) -> dict:
     """Run the demo; `overrides` are extra LightningCLI arguments (e.g. --trainer.max_epochs 2)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from yolov3.commands.lightning_cli import load_cli
-    from yolov3.data.synthetic import generate
-
     t0 = time.perf_counter()
     console = Console()
     data = Path(data_dir)
@@ -66,8 +74,6 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
         "checkpoint": best,
         "seconds": {"data": round(t_data, 1), "fit": round(t_fit, 1), "test": round(t_test, 1)},
     }
-    from yolov3.commands.report import ACCURACIES, summarise, write_report
-
     write_report(summarise(test, model.test_results, dm.class_names), model.test_results, dm.class_names, out)
     _report_pictures(best, dm, out, Path(trainer.log_dir or out) / "metrics.csv")
     metrics["seconds"]["total"] = round(time.perf_counter() - t0, 1)
@@ -90,9 +96,6 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
 
 
 def _report_pictures(checkpoint: str, dm, out: Path, metrics_csv: Path, n: int = 8) -> None:
-    from yolov3.detector import Detector
-    from yolov3.viz import draw_boxes, image_grid, plot_training_curves
-
     if metrics_csv.exists():
         plot_training_curves(metrics_csv, out / "curves.png")
     detector = Detector.from_checkpoint(checkpoint, class_names=dm.class_names, size=dm.image_size)
@@ -103,24 +106,21 @@ def _report_pictures(checkpoint: str, dm, out: Path, metrics_csv: Path, n: int =
     for s, d in zip(samples, dets):
         img = draw_boxes(s.image, s.boxes, s.labels, dm.class_names, truth=True)
         tiles.append(draw_boxes(img, d[:, :4], d[:, 5].astype(int), dm.class_names, scores=d[:, 4]))
-    from PIL import Image
-
     Image.fromarray(image_grid(tiles, cols=4, cell=320)).save(out / "predictions.png")
     # the app's example images (`yolov3 app` offers runs/demo/examples): test images as they are
-    import shutil
-
     examples = out / "examples"
     shutil.rmtree(examples, ignore_errors=True)
     examples.mkdir(parents=True)
     for s in samples[:4]:
         shutil.copy2(s.path, examples / Path(s.path).name)
     # what `yolov3 detect` writes, on the first test images
-    from yolov3.commands.detect import run_detect
-
     run_detect([str(s.path) for s in samples[:4]], checkpoint, str(out / "detect"), size=dm.image_size)
     # what `yolov3 cam` writes: Grad-CAM of each detection, EigenCAM of each image
-    from yolov3.commands.cam import run_cam
-
     shutil.rmtree(out / "cam", ignore_errors=True)  # no overlays left over from an earlier run
     run_cam([str(s.path) for s in samples[:3]], checkpoint, str(out / "cam"), size=dm.image_size,
             max_detections=4, sheet_path=out / "cam_sheet.png")
+
+
+def command(args: argparse.Namespace) -> None:
+    run_demo(args.config, data_dir=args.data_dir, n_train=args.train, n_test=args.test, seed=args.seed,
+             out_dir=args.out, overrides=args.overrides)

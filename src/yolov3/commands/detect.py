@@ -10,6 +10,7 @@ carries one gets a note in the summary.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import logging
@@ -19,7 +20,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from PIL import Image
+
 from yolov3.data.sample import ORIENTATIONS, DataError, expand_sources, image_header, load_rgb, printable, read_image
+from yolov3.detector import Detector
+from yolov3.viz import draw_boxes
 
 # The same limit as the app (yolov3.commands.app.MAX_PIXELS): above it an image is refused from its
 # header, before decoding, unless the caller raises it (`yolov3 detect --max-pixels`).
@@ -180,11 +185,7 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
                     "in training): %s", len(notes), "; ".join(n.split(": EXIF")[0] for n in notes))
 
     # Imported only now: torch and the model code take seconds to import, the checks above do not.
-    from PIL import Image
-    from rich.progress import Progress
-
-    from yolov3.detector import Detector
-    from yolov3.viz import draw_boxes
+    from rich.progress import Progress  # not in a Space, which imports this module for coco_records
 
     detector = Detector.load(weights, size=size, conf_threshold=conf, iou_threshold=iou,
                              max_detections=max_detections, device=device)
@@ -225,3 +226,19 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
         raise
     return {"images": len(per_image), "detections": len(results), "skipped": skipped, "notes": notes,
             "out": str(out), "weights": detector.source}
+
+
+def command(args: argparse.Namespace) -> None:
+    try:
+        summary = run_detect(args.sources, args.weights, args.out, conf=args.conf, iou=args.iou, size=args.size,
+                             device=args.device, batch_size=args.batch, max_detections=args.max_det,
+                             skip_bad=args.skip_bad, draw=not args.no_draw, backend=args.backend,
+                             **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+    except (FileNotFoundError, DataError, ValueError) as exc:
+        raise SystemExit(f"yolov3 detect: {exc}") from None
+    print(f"{summary['detections']} detections in {summary['images']} images -> {summary['out']}/detections.json"
+          f"{'' if args.no_draw else ' and annotated images'}")
+    for line in summary["skipped"]:
+        print(f"skipped {line}")
+    for line in summary.get("notes", []):
+        print(f"note: {line}")

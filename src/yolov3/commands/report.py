@@ -7,6 +7,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+from yolov3.viz import plot_ap_bars, plot_pr_curves
+
 ACCURACIES = (("class_acc", "class accuracy"), ("noobj_acc", "no-object accuracy"), ("obj_acc", "object accuracy"))
 MAPS = (("map_07", "VOC07 mAP@0.5 (11-point)"), ("map_2010", "VOC2010+ mAP@0.5 (all-point)"),
         ("coco_map", "COCO mAP@[.5:.95]"), ("coco_map_50", "COCO mAP@.5"))
@@ -37,9 +42,6 @@ def summarise(metrics: dict, results: dict, class_names: Sequence[str]) -> dict:
 
 def print_report(report: dict, title: str = "Test split") -> None:
     """The summary table and the per-class AP table (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     s = report["summary"]
     table = Table(title=f"{title} ({report['images']} images)")
@@ -69,8 +71,6 @@ def print_report(report: dict, title: str = "Test split") -> None:
 
 def write_report(report: dict, results: dict, class_names: Sequence[str], out_dir: str | Path) -> list[Path]:
     """results.json, pr_curves.png (one panel per class) and ap_per_class.png in out_dir."""
-    from yolov3.viz import plot_ap_bars, plot_pr_curves
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "pr_curves.png", out / "ap_per_class.png"]

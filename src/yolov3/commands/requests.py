@@ -9,12 +9,17 @@ yolov3.commands.app wires these into the Gradio page.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import hashlib
+import io
 import os
 import threading
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -25,6 +30,18 @@ from yolov3.data.sample import DataError, image_size, load_rgb
 # downscaled first (the boxes are then in the downscaled image's pixels, as shown).
 MAX_PIXELS = 40_000_000
 MAX_SIDE = 4096
+
+
+
+def gradio():
+    """The gradio package, imported on first use, with its usage analytics off. Its import
+    takes seconds, and `yolov3 space`, the Detector and DetectorApp.predict (tested without
+    a page) need none of it: this is the one place it is imported."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    return gr
+
 
 class UploadError(ValueError):
     """An upload the app cannot use; the message says which file and why."""
@@ -56,8 +73,6 @@ def read_upload(path: str | Path | None, max_pixels: int = MAX_PIXELS, max_side:
         raise UploadError(f"{label} could not be decoded ({_reason(exc)})") from None
     if max(w, h) <= max_side:
         return image, ""
-    import cv2
-
     scale = max_side / max(w, h)
     new = (max(1, round(w * scale)), max(1, round(h * scale)))
     image = cv2.resize(image, new, interpolation=cv2.INTER_AREA)
@@ -118,10 +133,9 @@ def _image_data_or_not():
     says what was sent. The page's image preprocessing then refuses it with a message; Gradio
     validates before any preprocessing, and pydantic's message names its model and links
     its documentation instead of saying what the app wants."""
-    from gradio.data_classes import ImageData as GradioImageData
-    from pydantic import BaseModel, model_validator
+    from pydantic import BaseModel, model_validator  # a dependency of Gradio
 
-    class ImageData(GradioImageData):  # Gradio's name: the API's schema stays as it was
+    class ImageData(gradio().data_classes.ImageData):  # Gradio's name: the API's schema stays as it was
         @model_validator(mode="before")
         @classmethod
         def _not_a_file(cls, value):
@@ -135,18 +149,13 @@ def _image_data_or_not():
 def _save_data_url(url: str, cache_dir: str | Path) -> str:
     """Write the bytes of a base64 data: URL (an image sent inline) to a file, unchanged;
     its path. Raises gr.Error when the URL is not base64 data."""
-    import base64
-    import binascii
-
-    import gradio as gr
-
     head, _, data = url.partition(",")
     try:
         if not head.endswith(";base64"):
             raise ValueError("not base64")
         raw = base64.b64decode(data, validate=True)
     except (ValueError, binascii.Error):
-        raise gr.Error("the image sent as a data: URL is not base64 data (send a file: "
+        raise gradio().Error("the image sent as a data: URL is not base64 data (send a file: "
                        "gradio_client.handle_file(path))", title="Cannot use this input",
                        print_exception=False) from None
     return _write_once(raw, Path(cache_dir) / "data-url", "pasted image")
@@ -159,8 +168,6 @@ def _write_once(data: bytes, root: Path, name: str) -> str:
     and the file is written under a temporary name and renamed into place, so it is whole
     or absent for a request reading it at the same time.
     """
-    import hashlib
-
     folder = root / hashlib.sha256(data).hexdigest()[:32]
     path = folder / name
     if not path.exists():
@@ -182,8 +189,6 @@ def _png_file(image: np.ndarray | None, cache_dir: str | Path, name: str) -> str
     """
     if image is None:
         return None
-    import io
-
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="png")
     return _write_once(buffer.getvalue(), Path(cache_dir) / "outputs", name)

@@ -18,6 +18,7 @@ and post-processing, and the torch backend), ONNX Runtime, Gradio, NumPy, OpenCV
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -25,7 +26,10 @@ from collections.abc import Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from yolov3.deploy import CALIB_IMAGES
+from yolov3.commands.app import find_examples
+from yolov3.commands.export import int8_images, int8_options_given, print_int8
+from yolov3.deploy import CALIB_IMAGES, export_int8
+from yolov3.detector import Detector, weights_format
 from yolov3.onnx_backend import CALIB_METHODS
 
 FORMATS = ("onnx-int8", "onnx", "safetensors")
@@ -62,9 +66,6 @@ def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", ba
     "int8" (export_int8's report) when it quantised}. Raises SpaceError, FileNotFoundError
     or ValueError naming the file or argument.
     """
-    from yolov3.deploy import export_int8
-    from yolov3.detector import Detector, weights_format
-
     if fmt not in FORMATS:
         raise SpaceError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     backend = backend or ("torch" if fmt == "safetensors" else "onnxruntime")
@@ -211,3 +212,22 @@ def _readme(title: str, detector, fmt: str, backend: str, weights) -> str:
               "hf repos create <user>/<space-name> --type space --sdk gradio",
               "hf upload <user>/<space-name> . --type space --exclude '**/__pycache__/**'", "```", ""]
     return "\n".join(lines)
+
+
+def command(args: argparse.Namespace) -> None:
+    if args.format != "onnx-int8" and int8_options_given(args):
+        raise SystemExit(f"yolov3 space: {', '.join(int8_options_given(args))} apply to --format onnx-int8 only")
+    try:
+        detector = Detector.load(args.weights)  # loaded once, for the class names and the Space
+        calibration, evaluation = (int8_images(args, detector.class_names) if args.format == "onnx-int8"
+                                   else (None, None))
+        examples = find_examples(args.examples)
+        summary = build_space(args.weights, args.out, args.format, args.backend, examples, calibration, args.calib,
+                              evaluation, args.calib_method, args.title, detector=detector)
+    except (FileNotFoundError, ValueError) as exc:  # SpaceError and DataError are ValueErrors
+        raise SystemExit(f"yolov3 space: {exc}") from None
+    if "int8" in summary:
+        print_int8(summary["int8"])
+    print(f"wrote the Space folder {summary['out']}: app.py, {Path(summary['weights']).name} ({summary['format']}, "
+          f"run by {summary['backend']}), {summary['examples']} examples, requirements.txt, README.md")
+    print(f"{summary['out']}/README.md says how to try it in a fresh virtualenv and how to publish it")

@@ -39,10 +39,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from rich.progress import Progress
 
 from yolov3.data import timing
-from yolov3.letterbox import longest_side_to
 from yolov3.data.sample import DataError, Sample
+from yolov3.letterbox import longest_side_to
 
 log = logging.getLogger("yolov3.data")
 
@@ -259,8 +260,6 @@ class _progress:
     def __enter__(self) -> Callable[[], None]:
         if not self.show:
             return lambda: None
-        from rich.progress import Progress
-
         self._bar = Progress(transient=True)
         self._bar.start()
         task = self._bar.add_task(self.what, total=self.total)
