@@ -5,6 +5,7 @@ running it (demo, show-batch, the real-photo bench)."""
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -29,15 +30,27 @@ class YoloCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads the model's hyper-parameters from --ckpt_path before anything
-        else; check the file our way first, so a refusal names it without torch's advice to
-        load it with weights_only=False."""
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            from yolov3.checkpoint_io import load_checkpoint
+        """LightningCLI's: the model's settings come from --ckpt_path's hyper-parameters.
+        Ours reads the file the project's way, so a refusal names it without torch's advice
+        to load it with weights_only=False, and maps the flat settings of checkpoints written
+        before they were grouped (yolov3.hparams.grouped_hparams)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        from yolov3.checkpoint_io import read_hyperparameters
+        from yolov3.hparams import grouped_hparams
 
-            load_checkpoint(ckpt_path)
-        super()._parse_ckpt_path()
+        hparams = grouped_hparams(read_hyperparameters(ckpt_path))
+        for key in ("_instantiator", "_class_path"):  # Lightning's bookkeeping, not model arguments
+            hparams.pop(key, None)
+        if not hparams:
+            return
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"{ckpt_path}: its hyper-parameters do not fit the model's arguments\n")
+            raise
 
     def instantiate_trainer(self, **kwargs):
         """Every trainer writes checkpoints atomically and reads them without running code
