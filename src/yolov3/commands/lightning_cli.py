@@ -1,6 +1,6 @@
 """`yolov3 fit|validate|test|predict`: LightningCLI with the project's defaults (configs in
-configs/*.yaml), and load_cli for the commands that build a run from a config without
-running it (demo, show-batch, the real-photo bench)."""
+configs/*.yaml, read over DEFAULTS), and load_cli for the commands that build a run from a
+config without running it (demo, show-batch, the real-photo bench)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from lightning.pytorch.cli import LightningCLI
 
 from yolov3.data.datamodule import YoloDataModule
 from yolov3.lit import YoloLitModule
+from yolov3.run_dirs import RunFolder, name_run
 
 log = logging.getLogger("yolov3")
+
+# The trainer settings every config shares (loggers, checkpoints), read before the --config file.
+DEFAULTS = Path(__file__).with_name("defaults.yaml")
 
 
 class YoloCLI(LightningCLI):
@@ -27,7 +31,21 @@ class YoloCLI(LightningCLI):
         super().__init__(YoloLitModule, YoloDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
+        parser.default_config_files = [str(DEFAULTS)]
+        parser.add_class_arguments(RunFolder, "run")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    def parse_arguments(self, parser, args) -> None:
+        """LightningCLI's parse, then the config's `run:` named into its trainer and loggers
+        (run_dirs.name_run), so that --print_config shows the folders the run will use.
+        jsonargparse prints inside parse_args, so its printing waits for name_run (through
+        its private _ActionPrintConfig; tests/test_configs.py notices if that changes)."""
+        from jsonargparse._actions import _ActionPrintConfig
+
+        with _ActionPrintConfig.skip_print_config():
+            super().parse_arguments(parser, args)
+        name_run(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
+        _ActionPrintConfig.print_config_if_requested(parser, self.config)
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI's: the model's settings come from --ckpt_path's hyper-parameters.
