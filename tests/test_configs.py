@@ -1,4 +1,4 @@
-"""`yolov3 fit` for a few steps on every config in configs/, on CPU with tiny overrides."""
+"""`yolov3 fit` for a few steps on every config in configs/, on CPU with tiny overrides; what each config resolves to."""
 
 import logging
 import os
