@@ -7,7 +7,7 @@ A recipe that cannot memorise 60 photos in 10 minutes on a 2-core CPU cannot lea
 bars (issue 11): VOC07 mAP@0.5 >= 0.60, object accuracy >= 80 %, no-object accuracy >= 95 %,
 for a model of width <= 0.25. Prints the table and writes bench/results/real_photos.json
 and the curves (curves.png) of the run under runs/real_photos/.
-Extra arguments go to LightningCLI (e.g. --model.objectness_loss bce_iou).
+Extra arguments go to LightningCLI (e.g. --model.loss.objectness bce_iou).
 """
 
 from __future__ import annotations
@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     log_dir = Path(trainer.log_dir or "runs/real_photos")
     if (log_dir / "metrics.csv").exists():
         plot_training_curves(log_dir / "metrics.csv", log_dir / "curves.png")
-    h = model.hparams
-    row = {"objectness_loss": h.objectness_loss, "objectness_prior": str(h.objectness_prior),
-           "width": h.width, "size": dm.image_size, "steps": trainer.global_step, "fit_min": fit_s / 60,
+    row = {"objectness_loss": model.loss.objectness, "objectness_prior": str(model.loss.objectness_prior),
+           "width": model.hparams.width, "size": dm.image_size, "steps": trainer.global_step, "fit_min": fit_s / 60,
            "class_acc": test["test/class_acc"], "noobj_acc": test["test/noobj_acc"], "obj_acc": test["test/obj_acc"],
            "map_07": test["test/map_07"], "map_2010": test["test/map_2010"]}
     row["meets_bars"] = bool(row["map_07"] >= BARS["map_07"] and row["obj_acc"] >= BARS["obj_acc"]

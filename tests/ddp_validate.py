@@ -48,7 +48,7 @@ class OracleDetections(YoloLitModule):
 
 def main(root: str, devices: int, out: str) -> None:
     L.seed_everything(0)
-    model = OracleDetections(width=0.0625, conf_threshold=0.5)
+    model = OracleDetections(width=0.0625, evaluation={"accuracy_threshold": 0.5})
     dm = YoloDataModule(root=root, image_size=64, batch_size=1, num_workers=0, val_fraction=0.3)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                         use_distributed_sampler=False, logger=False, enable_progress_bar=False,

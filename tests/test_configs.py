@@ -1,11 +1,14 @@
-"""`yolov3 fit` for a few steps on every config in configs/, on CPU with tiny overrides."""
+"""`yolov3 fit` for a few steps on every config in configs/, on CPU with tiny overrides; what each config resolves to."""
 
 import logging
+import os
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from yolov3.commands.cli import main
 
@@ -67,3 +70,100 @@ def test_show_batch_command(synth_root, tmp_path, monkeypatch, capsys):
 def test_commands_without_a_config_reject_config_options():
     with pytest.raises(SystemExit):
         main(["summary", "--data.root", "x"])
+
+
+# The trainer blocks of the configs before the shared part moved to
+# src/yolov3/commands/defaults.yaml and the run got its one `run:` name: what the configs must
+# still resolve to.
+BEFORE = {
+    "demo": """
+        accelerator: cpu
+        devices: 1
+        precision: 32-true
+        max_epochs: 20
+        log_every_n_steps: 20
+        num_sanity_val_steps: 0
+        check_val_every_n_epoch: 1
+        enable_model_summary: false
+        default_root_dir: runs/demo
+        logger:
+          - class_path: yolov3.run_dirs.RunCSVLogger
+            init_args: {save_dir: runs, name: demo, version: ""}
+          - class_path: lightning.pytorch.loggers.TensorBoardLogger
+            init_args: {save_dir: runs, name: demo, version: ""}
+        callbacks:
+          - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+            init_args: {dirpath: runs/demo/checkpoints, filename: best, monitor: val/loss, mode: min, save_last: true,
+                        enable_version_counter: false}
+          - class_path: lightning.pytorch.callbacks.LearningRateMonitor
+            init_args: {logging_interval: step}
+    """,
+    "voc": """
+        accelerator: auto
+        devices: 1
+        precision: 16-mixed
+        max_epochs: 40
+        log_every_n_steps: 50
+        benchmark: true
+        default_root_dir: runs/voc
+        logger:
+          - class_path: yolov3.run_dirs.RunCSVLogger
+            init_args: {save_dir: runs, name: voc}
+          - class_path: lightning.pytorch.loggers.TensorBoardLogger
+            init_args: {save_dir: runs, name: voc}
+        callbacks:
+          - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+            init_args: {filename: best, monitor: val/loss, mode: min, save_last: true, enable_version_counter: false}
+          - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+            init_args: {filename: last, every_n_train_steps: 1000, enable_version_counter: false}
+          - class_path: lightning.pytorch.callbacks.LearningRateMonitor
+            init_args: {logging_interval: step}
+    """,
+    "real_photos": """
+        accelerator: cpu
+        devices: 1
+        precision: 32-true
+        max_epochs: 120
+        max_time: "00:00:10:00"
+        log_every_n_steps: 7
+        num_sanity_val_steps: 0
+        check_val_every_n_epoch: 5
+        enable_model_summary: false
+        default_root_dir: runs/real_photos
+        logger:
+          - class_path: lightning.pytorch.loggers.CSVLogger
+            init_args: {save_dir: runs, name: real_photos, version: ""}
+        callbacks:
+          - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+            init_args: {dirpath: runs/real_photos/checkpoints, filename: last, save_top_k: 0, save_last: true,
+                        enable_version_counter: false}
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_print_config_resolves_the_trainer_as_before(name, capsys, monkeypatch):
+    """`yolov3 fit --config configs/<name>.yaml --print_config` shows every trainer, logger and
+    callback value the config used to spell out. The one change: a checkpoint folder that was
+    spelled out (dirpath) is left to Lightning, which puts it in the first logger's folder:
+    <save_dir>/<name>/<version>/checkpoints, the same path."""
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS[0].parent / f"{name}.yaml"), "--print_config"])
+    assert exc.value.code in (0, None)
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    before = yaml.safe_load(textwrap.dedent(BEFORE[name]))
+    for key, value in before.items():
+        if key not in ("logger", "callbacks"):
+            assert trainer[key] == value, key
+    assert [lg["class_path"] for lg in trainer["logger"]] == [lg["class_path"] for lg in before["logger"]]
+    for now, then in zip(trainer["logger"], before["logger"]):
+        assert {k: now["init_args"][k] for k in ("save_dir", "name", "version")} == {"version": None, **then["init_args"]}
+    assert [cb["class_path"] for cb in trainer["callbacks"]] == [cb["class_path"] for cb in before["callbacks"]]
+    first = trainer["logger"][0]["init_args"]
+    for now, then in zip(trainer["callbacks"], before["callbacks"]):
+        then = dict(then["init_args"])
+        if "dirpath" in then:
+            assert now["init_args"]["dirpath"] is None
+            assert os.path.join(first["save_dir"], first["name"], first["version"], "checkpoints") == then.pop("dirpath")
+        assert {k: now["init_args"][k] for k in then} == then

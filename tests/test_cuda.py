@@ -29,7 +29,7 @@ def test_16_mixed_stays_float16_on_cuda():
 
 def test_fp16_mixed_training_autocasts_and_scales_gradients(synth_root):
     torch.manual_seed(0)
-    module = YoloLitModule(width=0.0625, objectness_loss="bce_iou", objectness_prior=0.01)
+    module = YoloLitModule(width=0.0625, loss={"objectness": "bce_iou", "objectness_prior": 0.01})
     before = [p.detach().clone() for p in module.parameters()]
     head_dtypes = []
     last_conv = [m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]

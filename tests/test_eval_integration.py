@@ -254,7 +254,7 @@ def test_map_every_n_epochs_in_a_fit(synth_root):
     trainer = L.Trainer(accelerator="cpu", max_epochs=5, limit_train_batches=1, limit_val_batches=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False, num_sanity_val_steps=0, callbacks=[Record()])
-    model = YoloLitModule(width=0.0625, map_every_n_epochs=2)
+    model = YoloLitModule(width=0.0625, evaluation={"map_every_n_epochs": 2})
     calls = []
     original = model.val_map.update
     model.val_map.update = lambda *a, **k: (calls.append(model.current_epoch), original(*a, **k))[1]
@@ -270,7 +270,7 @@ def test_detect_cam_and_app_take_the_evaluation_settings_of_the_checkpoint(synth
     from yolov3.commands.app import DetectorApp
 
     torch.manual_seed(0)
-    module = YoloLitModule(width=0.0625, score_mode="obj", eval_iou_threshold=0.6, eval_max_detections=7)
+    module = YoloLitModule(width=0.0625, evaluation={"score_mode": "obj", "iou_threshold": 0.6, "max_detections": 7})
     ckpt = tmp_path / "obj.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
     settings = lambda d: (d.score_mode, d.iou_threshold, d.max_detections, d.conf_threshold)  # noqa: E731

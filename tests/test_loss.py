@@ -157,7 +157,7 @@ def test_objectness_prior_sets_the_starting_score():
     torch.manual_seed(0)
     plain = YoloLitModule(width=0.0625)
     torch.manual_seed(0)
-    prior = YoloLitModule(width=0.0625, objectness_prior=0.01)
+    prior = YoloLitModule(width=0.0625, loss={"objectness_prior": 0.01})
     heads = [(a, b) for a, b in zip(plain.model.modules(), prior.model.modules()) if isinstance(a, ScalePrediction)]
     assert len(heads) == 3
     for a, b in heads:

@@ -63,7 +63,7 @@ def _same(a, b) -> bool:
 def _train(synth_root, tmp_path, precision: str, max_steps: int, **poison):
     dm = YoloDataModule(root=str(synth_root), image_size=64, batch_size=4, num_workers=0, val_fraction=0.25,
                         augment=AugmentConfig(mosaic_prob=0.0))
-    module = Poisoned(width=0.0625, max_nonfinite_steps=3, map_every_n_epochs=0, **poison)
+    module = Poisoned(width=0.0625, max_nonfinite_steps=3, evaluation={"map_every_n_epochs": 0}, **poison)
     recorder = Recorder()
     trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=max_steps, max_epochs=10,
                         limit_val_batches=0, logger=False, enable_progress_bar=False, enable_model_summary=False,

@@ -49,9 +49,9 @@ def test_real_photo_check_runs_on_any_vocdevkit_root(synth_root, tmp_path, monke
     out = tmp_path / "real.json"
     row = real_photos.main(["--root", str(synth_root), "--split", "2007-test", "--out", str(out),
                             "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
-                            "--model.map_every_n_epochs", "1", "--data.image_size", "64",
+                            "--model.evaluation.map_every_n_epochs", "1", "--data.image_size", "64",
                             "--data.train_sizes", "[64]", "--model.width", "0.0625",
-                            "--model.objectness_loss", "bce_iou", "--model.objectness_prior", "0.01"])
+                            "--model.loss.objectness", "bce_iou", "--model.loss.objectness_prior", "0.01"])
     printed = capsys.readouterr().out
     assert "Real-photo check: 8 images" in printed and "VOC07 mAP >= 0.6" in printed
     saved = json.loads(out.read_text())

@@ -19,13 +19,14 @@ from yolov3.constants import VOC_CLASSES
 from yolov3.data.sample import DataError, expand_sources, load_rgb
 from yolov3.data.sources import detect_layout, open_source
 from yolov3.detector import Detector
+from yolov3.hparams import EvalConfig
 from yolov3.metrics import DetectionMAP
 from yolov3.onnx_backend import CALIB_METHODS, set_metadata
 
 # The VOC protocol's settings for detections that are scored, as training's evaluation uses
-# them (YoloLitModule's eval_conf_threshold and eval_max_candidates defaults).
-EVAL_CONF = 0.005
-EVAL_MAX_CANDIDATES = 1000
+# them (the defaults of YoloLitModule's evaluation settings).
+EVAL_CONF = EvalConfig().conf_threshold  # 0.005
+EVAL_MAX_CANDIDATES = EvalConfig().max_candidates  # 1000
 # Calibration images of an int8 export when the caller does not say.
 CALIB_IMAGES = 64
 # The splits a dataset root is read with when none is named, by layout.

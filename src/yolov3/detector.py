@@ -14,6 +14,7 @@ import torch
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS, DEFAULT_SIZE, VOC_CLASSES
 from yolov3.data.augment import letterbox
 from yolov3.data.sample import Sample
+from yolov3.hparams import grouped_hparams
 from yolov3.letterbox import Letterbox
 from yolov3.model import YOLOv3
 from yolov3.onnx_backend import CALIB_METHODS, OnnxNetwork, export_onnx, quantize_int8
@@ -21,14 +22,14 @@ from yolov3.postprocess import postprocess
 
 
 # The post-processing settings a training run evaluated with, by their name in the
-# LightningModule's hyper-parameters -> the Detector argument they become. Detector.load takes
-# them from the checkpoint (or a safetensors export of it) unless the caller gives a value, so
-# validation, test, detect, cam and the app all score and suppress boxes the same way.
-# The confidence threshold is deliberately not among them: evaluation's eval_conf_threshold
+# LightningModule's `evaluation` hyper-parameters (yolov3.hparams.EvalConfig) -> the Detector
+# argument they become. Detector.load takes them from the checkpoint (or a safetensors export
+# of it) unless the caller gives a value, so validation, test, detect, cam and the app all
+# score and suppress boxes the same way.
+# The confidence threshold is deliberately not among them: evaluation's conf_threshold
 # (0.005) serves the VOC protocol, which integrates precision over every score, while a
 # detection shown to a person needs a cut (0.25 unless the caller says otherwise).
-EVAL_SETTINGS = {"score_mode": "score_mode", "eval_iou_threshold": "iou_threshold",
-                 "eval_max_detections": "max_detections"}
+EVAL_SETTINGS = {"score_mode": "score_mode", "iou_threshold": "iou_threshold", "max_detections": "max_detections"}
 
 
 class Detector:
@@ -116,13 +117,14 @@ class Detector:
         ckpt = load_checkpoint(path)  # FileNotFoundError, CheckpointError (a ValueError)
         if "state_dict" not in ckpt:
             raise ValueError(f"{path}: not a Lightning checkpoint of this project (no state_dict)")
-        hp = ckpt.get("hyper_parameters", {})
+        hp = grouped_hparams(ckpt.get("hyper_parameters", {}))  # older checkpoints: flat names
         model = YOLOv3(num_classes=hp.get("num_classes", 20), width=hp.get("width", 1.0))
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(state)
         anchors = ckpt["state_dict"].get("anchors")
         data = dict(ckpt.get(DATA_KEY) or {})
-        data.update({arg: hp[key] for key, arg in EVAL_SETTINGS.items() if hp.get(key) is not None})
+        evaluation = hp.get("evaluation") or {}
+        data.update({arg: evaluation[key] for key, arg in EVAL_SETTINGS.items() if evaluation.get(key) is not None})
         return cls._with_data_defaults(model, anchors, path, data, kwargs)
 
     @classmethod

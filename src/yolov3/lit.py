@@ -5,12 +5,18 @@ It holds no math of its own: boxes, targets, loss and metrics live in their modu
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from yolov3.checkpoint_io import read_hyperparameters
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS
-from yolov3.loss import LOSS_TERMS, LossWeights, YoloLoss
+from yolov3.hparams import (GROUPS, LEGACY_NAMES, EvalConfig, LossConfig, OptimConfig, as_config, as_plain,
+                            grouped_hparams)
+from yolov3.loss import LOSS_TERMS, YoloLoss
 from yolov3.metrics import CourseAccuracy, DetectionMAP
 from yolov3.model import YOLOv3
 from yolov3.nonfinite import NonFiniteGuard
@@ -24,31 +30,25 @@ class YoloLitModule(L.LightningModule):
         num_classes: number of classes (20 for VOC).
         width: channel multiplier of the model (1.0 = the course's 61.6 M parameters).
         anchors: (3 scales, 3 anchors, (w, h)) as fractions of the image; default COCO / 416.
-        max_lr, pct_start, div_factor, final_div_factor, three_phase, anneal_strategy:
-            OneCycleLR, stepped every batch (the course's values are the defaults).
-        weight_decay: Adam's weight decay.
-        loss_weights: {"box", "obj", "noobj", "cls"} lambdas (default 10, 1, 10, 1); a plain
-            dict so checkpoints hold only plain types and load with weights_only=True.
-        ignore_threshold: anchors with shape IoU above it (not assigned) are ignored.
-        conf_threshold: objectness threshold of the course's accuracies.
+        optim: Adam and its OneCycleLR schedule (yolov3.hparams.OptimConfig).
+        loss: the loss terms' weights and forms (yolov3.hparams.LossConfig).
+        evaluation: the accuracies' threshold and the mAP's detection settings
+            (yolov3.hparams.EvalConfig).
+            Each group is a dataclass or a dict of its fields (None: the defaults); the
+            hyper-parameters hold them as dicts, so checkpoints load with weights_only=True.
         channels_last: run convolutions in NHWC layout, except those with fewer than 16
             output channels, which only reduced widths have (YOLOv3.use_channels_last;
             measured on our 2-core CPU by bench/train_throughput.py, docs/benchmarks.md;
             NHWC is also the layout tensor cores prefer under mixed precision).
-        map_every_n_epochs: compute the VOC mAP in validation every n epochs (and at the last
-            epoch); 0 never. Test always computes it, with COCO mAP as well.
-        eval_conf_threshold, eval_iou_threshold, eval_max_detections, eval_max_candidates,
-            score_mode: the detection settings of that evaluation (low threshold, as the VOC
-            protocol integrates over every score; score_mode "obj_cls" or "obj").
-        objectness_loss: "mse_iou" (the course's) or "bce_iou"; see yolov3.loss.YoloLoss.
-        objectness_prior: if set, every head starts with sigmoid(objectness) = this (e.g.
-            0.01) instead of about 0.5; None keeps PyTorch's default initialisation.
         max_nonfinite_steps: a training step whose loss or gradients are not finite changes
             no weight, no BatchNorm statistic and no optimiser state (it still counts in the
             learning-rate schedule); it is logged with its images and counted in
             train/nonfinite_steps. This many such steps in a row stop training with
             TrainingDiverged. Under fp16 mixed precision, non-finite gradients with a finite
             loss are the GradScaler's overflow skips and are left to it (not counted).
+
+    Raises ValueError for anchors not of shape (3, 3, 2), an unknown objectness loss or
+    max_nonfinite_steps < 1; TypeError for a group of the wrong type or with unknown fields.
     """
 
     def __init__(
@@ -56,42 +56,36 @@ class YoloLitModule(L.LightningModule):
         num_classes: int = 20,
         width: float = 1.0,
         anchors: list[list[list[float]]] | None = None,
-        max_lr: float = 8e-4,
-        weight_decay: float = 1e-4,
-        pct_start: float = 0.125,
-        div_factor: float = 100.0,
-        final_div_factor: float = 100.0,
-        three_phase: bool = False,
-        anneal_strategy: str = "linear",
-        loss_weights: dict[str, float] | None = None,
-        ignore_threshold: float = 0.5,
-        conf_threshold: float = 0.05,
+        optim: OptimConfig = OptimConfig(),
+        loss: LossConfig = LossConfig(),
+        evaluation: EvalConfig = EvalConfig(),
         channels_last: bool = True,
-        map_every_n_epochs: int = 1,
-        eval_conf_threshold: float = 0.005,
-        eval_iou_threshold: float = 0.45,
-        eval_max_detections: int = 100,
-        eval_max_candidates: int = 1000,
-        score_mode: str = "obj_cls",
-        objectness_loss: str = "mse_iou",
-        objectness_prior: float | None = None,
         max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.optim = as_config(OptimConfig, optim)
+        self.loss = as_config(LossConfig, loss)
+        self.evaluation = as_config(EvalConfig, evaluation)
+        # plain types only (not the dataclasses), whether built by the CLI or in Python
+        self.save_hyperparameters({
+            "num_classes": num_classes, "width": width, "anchors": anchors,
+            **{name: as_plain(getattr(self, name)) for name in GROUPS},
+            "channels_last": channels_last, "max_nonfinite_steps": max_nonfinite_steps,
+        })
         self.model = YOLOv3(num_classes=num_classes, width=width)
-        if objectness_prior is not None:
-            self.model.init_objectness_bias(objectness_prior)
+        if self.loss.objectness_prior is not None:
+            self.model.init_objectness_bias(self.loss.objectness_prior)
         if channels_last:
             self.model.use_channels_last()
         anchor_tensor = torch.tensor(anchors if anchors is not None else DEFAULT_ANCHORS, dtype=torch.float32)
         if anchor_tensor.shape != (3, 3, 2):
             raise ValueError(f"anchors must be 3 scales x 3 anchors x (w, h), got shape {tuple(anchor_tensor.shape)}")
         self.register_buffer("anchors", anchor_tensor)
-        self.loss_fn = YoloLoss(LossWeights(**(loss_weights or {})), objectness_loss)
-        self.train_acc = CourseAccuracy(conf_threshold)
-        self.val_acc = CourseAccuracy(conf_threshold)
-        self.test_acc = CourseAccuracy(conf_threshold)
+        self.loss_fn = YoloLoss(self.loss.weights, self.loss.objectness)
+        accuracy_threshold = self.evaluation.accuracy_threshold
+        self.train_acc = CourseAccuracy(accuracy_threshold)
+        self.val_acc = CourseAccuracy(accuracy_threshold)
+        self.test_acc = CourseAccuracy(accuracy_threshold)
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_map = DetectionMAP(num_classes)
@@ -100,6 +94,20 @@ class YoloLitModule(L.LightningModule):
         if max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self._guard = NonFiniteGuard(self.model, max_nonfinite_steps)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's load_from_checkpoint, which also reads checkpoints written before the
+        settings were grouped: their flat hyper-parameters (max_lr, eval_iou_threshold, ...)
+        are mapped onto the groups (yolov3.hparams.grouped_hparams) and given as arguments,
+        since Lightning would drop names the constructor does not take. Arguments given
+        here still win. (A URL or an open file is handed to Lightning as it is.)"""
+        is_file = isinstance(checkpoint_path, (str, os.PathLike)) and Path(checkpoint_path).is_file()
+        stored = read_hyperparameters(checkpoint_path) if is_file else {}
+        if any(key in LEGACY_NAMES for key in stored):
+            groups = grouped_hparams(stored)
+            kwargs = {**{name: groups[name] for name in GROUPS if name in groups}, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images: (B, 3, S, S) uint8 or float in [0, 1] -> three (B, 3, s, s, 5+C) heads."""
@@ -112,7 +120,7 @@ class YoloLitModule(L.LightningModule):
     def _step(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, dict]:
         outputs = self(batch["images"])
         grids = [tuple(o.shape[2:4]) for o in outputs]
-        targets = build_targets(batch["targets"], outputs[0].shape[0], grids, self.anchors, self.hparams.ignore_threshold)
+        targets = build_targets(batch["targets"], outputs[0].shape[0], grids, self.anchors, self.loss.ignore_threshold)
         total, parts = self.loss_fn(outputs, targets, self.anchors)
         return outputs, targets, total, parts
 
@@ -157,10 +165,10 @@ class YoloLitModule(L.LightningModule):
     def detect(self, outputs: list[torch.Tensor], batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Evaluation detections of a batch and its ground-truth boxes, both in original image
         pixels (letterbox undone, clipped to the image): per image (K, 6) and (G, 4)."""
-        h = self.hparams
+        h = self.evaluation
         size = tuple(batch["images"].shape[-2:])
-        dets = postprocess(outputs, self.anchors, size, h.eval_conf_threshold, h.eval_iou_threshold,
-                           h.eval_max_detections, h.score_mode, h.eval_max_candidates)
+        dets = postprocess(outputs, self.anchors, size, h.conf_threshold, h.iou_threshold,
+                           h.max_detections, h.score_mode, h.max_candidates)
         detections, truth = [], []
         for det, boxes, lb in zip(dets, batch["boxes"], batch["letterbox"], strict=True):
             detections.append(torch.cat((lb.undo_boxes(det[:, :4]), det[:, 4:]), 1))
@@ -170,7 +178,7 @@ class YoloLitModule(L.LightningModule):
     def _map_now(self) -> bool:
         """Whether this validation computes mAP: every n-th epoch and the last one of a fit,
         always for `validate` on its own; never in the sanity check or with n = 0."""
-        n = self.hparams.map_every_n_epochs
+        n = self.evaluation.map_every_n_epochs
         if n <= 0 or self.trainer.sanity_checking:
             return False
         if self.trainer.state.fn != "fit":
@@ -222,7 +230,7 @@ class YoloLitModule(L.LightningModule):
                                     "train_sizes": [int(s) for s in dm.train_sizes]}
 
     def configure_optimizers(self):
-        h = self.hparams
+        h = self.optim
         params = [p for p in self.parameters() if p.requires_grad]
         # The fused kernel is the same Adam in one pass over all parameters: on this project's
         # 2-core CPU 6 ms a step for the width-0.125 model against 18 ms for the per-tensor loop.

@@ -85,6 +85,6 @@ class NonFiniteGuard:
                 f"{len(self.in_a_row)} training steps in a row had a non-finite loss or gradients (steps {steps}); "
                 f"training stopped, the checkpoints written before are kept. Images of those steps: "
                 f"{', '.join(images)}. Look for broken labels among them, or lower the learning rate "
-                "(model.max_lr)."
+                "(model.optim.max_lr)."
             )
         return True

@@ -1,9 +1,13 @@
 """Where each command writes: a run folder per training run, test results inside it.
 
+A config names its run once, `run: {name: voc}` (RunFolder); name_run turns that into the
+trainer's default_root_dir and every logger's name (and version, for a run that is not
+versioned) when the config is parsed, before anything is placed or printed.
+
 No command overwrites another run's outputs:
 
 - `fit` writes to `<save_dir>/<name>/version_<k>` with the next free k (logs, hparams.yaml,
-  config.yaml, checkpoints/). A config that pins `version` (demo.yaml: the throwaway
+  config.yaml, checkpoints/). A run that is not versioned (demo.yaml: the throwaway
   `runs/demo`) keeps its folder.
 - `fit --ckpt_path <run>/checkpoints/last.ckpt` resumes in that run's folder: metrics.csv
   keeps its history up to the checkpoint's step (RunCSVLogger), rows logged after that step
@@ -19,6 +23,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,45 @@ def _next_free(folder: Path, stem: str, suffix: str) -> str:
     return f"{stem}-{j}{suffix}"
 
 
+@dataclass
+class RunFolder:
+    """A config's `run:`: the one place it names its run.
+
+    name: the run's folder under the loggers' save_dir (runs/<name>); None leaves the
+        loggers' names as they are configured.
+    versioned: each fit gets its own <name>/version_<k> (see place_run); false: the run is
+        the folder <name> itself, which the next fit overwrites (a throwaway run).
+    """
+
+    name: str | None = None
+    versioned: bool = True
+
+
+def _folder_loggers(config: Any) -> list:
+    """The trainer.logger entries of a parsed config that write to save_dir/name/version."""
+    return [lg for lg in (config.trainer.logger if isinstance(config.trainer.logger, list) else [])
+            if getattr(lg, "init_args", None) is not None and hasattr(lg.init_args, "save_dir")]
+
+
+def name_run(config: Any) -> None:
+    """Apply the config's `run:` (a RunFolder namespace) to the parsed LightningCLI config, in
+    place: every logger's name becomes run.name, its version "" when the run is not
+    versioned (else as configured: None, the next free one); trainer.default_root_dir, unless
+    configured, becomes <first logger's save_dir>/<run.name> (else runs/<run.name>).
+    Checkpoints go to the first logger's folder (ModelCheckpoint's dirpath left unset)."""
+    run = config.get("run")
+    if run is None or run.name is None:
+        return
+    loggers = _folder_loggers(config)
+    for lg in loggers:
+        lg.init_args.name = run.name
+        if not run.versioned:
+            lg.init_args.version = ""
+    if config.trainer.default_root_dir is None:
+        save_dir = loggers[0].init_args.save_dir if loggers else "runs"
+        config.trainer.default_root_dir = str(Path(save_dir) / run.name)
+
+
 def place_run(config: Any, subcommand: str) -> str | None:
     """Point the configured loggers at this command's folder (see the module docstring).
 
@@ -61,8 +105,7 @@ def place_run(config: Any, subcommand: str) -> str | None:
     this command should be saved under when it must not replace an existing config.yaml
     (a resumed fit), else None.
     """
-    loggers = [lg for lg in (config.trainer.logger if isinstance(config.trainer.logger, list) else [])
-               if getattr(lg, "init_args", None) is not None and hasattr(lg.init_args, "save_dir")]
+    loggers = _folder_loggers(config)
     if not loggers:
         return None
     first = loggers[0].init_args

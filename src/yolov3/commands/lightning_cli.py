@@ -1,20 +1,29 @@
 """`yolov3 fit|validate|test|predict`: LightningCLI with the project's defaults (configs in
-configs/*.yaml), and load_cli for the commands that build a run from a config without
-running it (demo, show-batch, the real-photo bench)."""
+configs/*.yaml, read over DEFAULTS), and load_cli for the commands that build a run from a
+config without running it (demo, show-batch, the real-photo bench)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 
 import torch
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.cli import LightningCLI
 
+from yolov3.checkpoint_io import SafeCheckpointIO, read_hyperparameters
+from yolov3.commands.report import print_report, summarise, write_report
 from yolov3.data.datamodule import YoloDataModule
+from yolov3.hparams import grouped_hparams
 from yolov3.lit import YoloLitModule
+from yolov3.run_dirs import RunFolder, name_run, place_run
 
 log = logging.getLogger("yolov3")
+
+# The trainer settings every config shares (loggers, checkpoints), read before the --config file.
+DEFAULTS = Path(__file__).with_name("defaults.yaml")
 
 
 class YoloCLI(LightningCLI):
@@ -26,26 +35,45 @@ class YoloCLI(LightningCLI):
         super().__init__(YoloLitModule, YoloDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
+        parser.default_config_files = [str(DEFAULTS)]
+        parser.add_class_arguments(RunFolder, "run")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads the model's hyper-parameters from --ckpt_path before anything
-        else; check the file our way first, so a refusal names it without torch's advice to
-        load it with weights_only=False."""
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            from yolov3.checkpoint_io import load_checkpoint
+    def parse_arguments(self, parser, args) -> None:
+        """LightningCLI's parse, then the config's `run:` named into its trainer and loggers
+        (run_dirs.name_run), so that --print_config shows the folders the run will use.
+        jsonargparse prints inside parse_args, so its printing waits for name_run (through
+        its private _ActionPrintConfig; tests/test_configs.py notices if that changes)."""
+        from jsonargparse._actions import _ActionPrintConfig
 
-            load_checkpoint(ckpt_path)
-        super()._parse_ckpt_path()
+        with _ActionPrintConfig.skip_print_config():
+            super().parse_arguments(parser, args)
+        name_run(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
+        _ActionPrintConfig.print_config_if_requested(parser, self.config)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's: the model's settings come from --ckpt_path's hyper-parameters.
+        Ours reads the file the project's way, so a refusal names it without torch's advice
+        to load it with weights_only=False, and maps the flat settings of checkpoints written
+        before they were grouped (yolov3.hparams.grouped_hparams)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = grouped_hparams(read_hyperparameters(ckpt_path))
+        for key in ("_instantiator", "_class_path"):  # Lightning's bookkeeping, not model arguments
+            hparams.pop(key, None)
+        if not hparams:
+            return
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"{ckpt_path}: its hyper-parameters do not fit the model's arguments\n")
+            raise
 
     def instantiate_trainer(self, **kwargs):
         """Every trainer writes checkpoints atomically and reads them without running code
         (yolov3.checkpoint_io), `--ckpt_path` of fit, validate and test included."""
-        from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
-
-        from yolov3.checkpoint_io import SafeCheckpointIO
-
         configured = self._get(self.config_init, "trainer", default={}).get("plugins")
         plugins = list(configured) if isinstance(configured, (list, tuple)) else [configured] if configured else []
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -66,8 +94,6 @@ class YoloCLI(LightningCLI):
         model, trainer = self.model, self.trainer
         if model.test_results is None or trainer.global_rank != 0:
             return
-        from yolov3.commands.report import print_report, summarise, write_report
-
         names = self.datamodule.class_names
         report = summarise(trainer.callback_metrics, model.test_results, names)
         print_report(report)
@@ -79,8 +105,6 @@ class YoloCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         config.trainer.precision = resolve_precision(config.trainer.precision, config.trainer.accelerator)
         if self.subcommand:
-            from yolov3.run_dirs import place_run
-
             config_name = place_run(config, self.subcommand)
             if config_name:
                 self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": config_name}
