@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import yolov3.commands.app as app_mod
+import yolov3.commands.server as server_mod
 import yolov3.commands.requests as requests_mod
 from yolov3.commands.app import CAM_EIGEN, CAM_GRAD, DetectorApp, UploadError, read_upload
 from yolov3.data.sample import load_rgb
@@ -354,7 +354,7 @@ def test_requests_leave_no_components_behind(app, image_path):
         # by the MRO, not isinstance: that would run ABC checks on every object in the process
         return sum(gr.components.Component in type(o).__mro__ for o in gc.get_objects())
 
-    server, url, _ = app_mod.serve(app, port=free_port(), block=False)
+    server, url, _ = server_mod.serve(app, port=free_port(), block=False)
     try:
         client = gradio_client.Client(url, verbose=False)
 
@@ -378,6 +378,6 @@ def test_malloc_arenas_are_limited_unless_the_operator_chose(monkeypatch):
     import platform
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    assert app_mod.limit_malloc_arenas() is False
+    assert server_mod.limit_malloc_arenas() is False
     monkeypatch.delenv("MALLOC_ARENA_MAX")
-    assert app_mod.limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
+    assert server_mod.limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")

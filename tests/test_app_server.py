@@ -199,7 +199,7 @@ def test_requests_beyond_the_queue_are_refused_with_a_message(small_queue_server
     server goes on serving."""
     import time
 
-    from yolov3.commands.app import BUSY
+    from yolov3.commands.server import BUSY
 
     url, log = small_queue_server
     t0 = time.monotonic()

@@ -24,7 +24,7 @@ _USER_ERRORS = (DataError, CheckpointError, TrainingDiverged)
 HANDLERS: dict[str, tuple[str, str]] = {
     "summary": ("tools", "summary"), "synth": ("tools", "synth"), "show-batch": ("tools", "show_batch"),
     "demo": ("demo", "command"), "detect": ("detect", "command"), "export": ("export", "command"),
-    "cam": ("cam", "command"), "app": ("app", "command"), "space": ("space", "command")}
+    "cam": ("cam", "command"), "app": ("server", "command"), "space": ("space", "command")}
 OWN_COMMANDS = tuple(HANDLERS)
 PASSES_OVERRIDES = ("demo", "show-batch")
 

@@ -163,7 +163,8 @@ Space says (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT).
 import os
 from pathlib import Path
 
-from yolov3.commands.app import DetectorApp, serve
+from yolov3.commands.app import DetectorApp
+from yolov3.commands.server import serve
 from yolov3.detector import Detector
 
 HERE = Path(__file__).resolve().parent
