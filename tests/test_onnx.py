@@ -195,11 +195,11 @@ def test_the_app_serves_onnx_weights_and_says_what_needs_torch(trained_weights, 
     ("torch", "onnxruntime", "onnxruntime", True), ("onnx", None, "onnxruntime", False), ("torch", None, "torch", True),
 ])
 def test_yolov3_app_takes_a_backend(trained_weights, onnx_weights, monkeypatch, weights, backend, served, explains):
-    import yolov3.commands.app
+    import yolov3.commands.server
     from yolov3.commands.cli import main
 
     started = []
-    monkeypatch.setattr(yolov3.commands.app, "serve", lambda app, **kw: started.append(app))
+    monkeypatch.setattr(yolov3.commands.server, "serve", lambda app, **kw: started.append(app))
     path = trained_weights if weights == "torch" else onnx_weights
     main(["app", "--weights", str(path), *(["--backend", backend] if backend else [])])
     (app,) = started
