@@ -30,7 +30,8 @@ import torch
 from lightning.fabric.utilities.cloud_io import _atomic_save
 
 from common import describe_machine, report
-from yolov3.checkpoint_io import SafeCheckpointIO, save_atomic
+from yolov3.checkpoint_io import save_atomic
+from yolov3.checkpoint_plugin import SafeCheckpointIO
 from yolov3.model import YOLOv3
 
 

@@ -325,16 +325,16 @@ def test_output_images_are_written_once_and_whole(tmp_path):
     writing of an array output truncates and rewrites it, which under load sent clients
     short files)."""
     image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    first = Path(requests_mod._png_file(image, tmp_path, "detections.png"))
+    first = Path(requests_mod.png_file(image, tmp_path, "detections.png"))
     with Image.open(first) as im:
         np.testing.assert_array_equal(np.asarray(im), image)
     before = first.stat()
-    again = Path(requests_mod._png_file(image.copy(), tmp_path, "detections.png"))
+    again = Path(requests_mod.png_file(image.copy(), tmp_path, "detections.png"))
     assert again == first and (again.stat().st_ino, again.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    other = Path(requests_mod._png_file(255 - image, tmp_path, "detections.png"))
+    other = Path(requests_mod.png_file(255 - image, tmp_path, "detections.png"))
     assert other != first and other.name == "detections.png"
     assert not list(tmp_path.rglob("*.part"))
-    assert requests_mod._png_file(None, tmp_path, "cam.png") is None
+    assert requests_mod.png_file(None, tmp_path, "cam.png") is None
 
 
 def test_requests_leave_no_components_behind(app, image_path):

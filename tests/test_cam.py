@@ -276,7 +276,7 @@ def test_target_score_equals_the_nms_score_on_every_scale(score_mode):
 
 # ------------------------------------------------------------------ mechanics
 
-def test_postprocess_with_cells_matches_postprocess_and_the_cell_order():
+def test_postprocess_cells_match_its_detections_and_the_cell_order():
     torch.manual_seed(0)
     anchors = torch.tensor(DEFAULT_ANCHORS)
     outputs = [torch.randn(2, 3, g, g, 9) for g in (2, 4, 8)]

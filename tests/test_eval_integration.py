@@ -75,7 +75,7 @@ def test_perfect_detections_give_map_one():
     assert out["coco_map"] == pytest.approx(1.0)
 
 
-def test_undo_letterbox_matches_the_numpy_letterbox():
+def test_letterbox_undo_boxes_inverts_the_sample_letterbox():
     img = np.zeros((300, 500, 3), np.uint8)
     boxes = np.array([[10, 20, 200, 290], [0, 0, 500, 300]], np.float32)
     out, info = letterbox(Sample(img, boxes, np.zeros(2)), 416)
@@ -185,6 +185,10 @@ def test_safetensors_export_gives_the_same_detections(synth_root, tiny_checkpoin
     b = Detector.load(st, size=96, conf_threshold=0.01)([img])[0]
     assert len(a) > 0
     np.testing.assert_array_equal(a, b)
+    # readable like every other file written here, not the owner-only file safetensors makes
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    assert st.stat().st_mode & 0o777 == probe.stat().st_mode & 0o777
 
 
 def test_detect_bad_inputs_get_clear_messages(synth_root, tiny_checkpoint, tmp_path, capsys):

@@ -2,7 +2,10 @@
 back through others (function-level imports included: they are imports all the same)."""
 
 import ast
+import re
 from pathlib import Path
+
+import pytest
 
 import yolov3
 
@@ -70,3 +73,21 @@ def test_there_are_no_import_cycles():
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_docs_layout_lists_every_module():
+    """docs/layout.md is the map a newcomer reads: every module is on it, and nothing that is gone."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "layout.md"
+    if not page.is_file():
+        pytest.skip("docs/layout.md is not in this checkout")
+    text = page.read_text()
+    tree = text[text.index("```") + 3 : text.index("```", text.index("```") + 3)]
+    listed = set(re.findall(r"[A-Za-z_]+\.py", tree))
+    modules = {p.name for p in SRC.rglob("*.py") if p.name != "__init__.py"}
+    synthetic = {p.name for p in (SRC / "data" / "synthetic").glob("*.py") if p.name != "__init__.py"}
+    missing = {m for m in modules - listed if m not in synthetic or "synthetic/" not in tree}
+    assert not missing, f"docs/layout.md does not list {sorted(missing)}"
+    repo = SRC.parents[1]
+    elsewhere = {p.name for d in ("bench", "scripts", "tests") for p in (repo / d).glob("*.py")}
+    gone = listed - modules - elsewhere
+    assert not gone, f"docs/layout.md lists modules that do not exist: {sorted(gone)}"

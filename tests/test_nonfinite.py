@@ -10,7 +10,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from yolov3.checkpoint_io import SafeCheckpointIO, load_checkpoint
+from yolov3.checkpoint_io import load_checkpoint
+from yolov3.checkpoint_plugin import SafeCheckpointIO
 from yolov3.data.augment import AugmentConfig
 from yolov3.data.datamodule import YoloDataModule
 from yolov3.lit import YoloLitModule

@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from yolov3.checkpoint_io import CheckpointError, SafeCheckpointIO, load_checkpoint, save_atomic
+from yolov3.checkpoint_io import CheckpointError, load_checkpoint, save_atomic
+from yolov3.checkpoint_plugin import SafeCheckpointIO
 from yolov3.commands.cli import main
 from yolov3.commands.lightning_cli import load_cli
 from yolov3.detector import Detector

@@ -1,4 +1,5 @@
-"""Constants shared across the package: the VOC class list and the default anchors."""
+"""Constants shared across the package: the VOC class list, the default anchors, the heads'
+strides, the default input size and the checkpoint key of the data settings."""
 
 # The standard alphabetical VOC order; class index i in every label file means VOC_CLASSES[i].
 VOC_CLASSES: tuple[str, ...] = (

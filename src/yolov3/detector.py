@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from yolov3.checkpoint_io import load_checkpoint
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS, DEFAULT_SIZE, VOC_CLASSES
 from yolov3.data.augment import letterbox
 from yolov3.data.sample import Sample
@@ -112,8 +114,6 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> Detector:
         """Load a Lightning checkpoint safely (torch.load(weights_only=True): no code runs)."""
-        from yolov3.checkpoint_io import load_checkpoint
-
         ckpt = load_checkpoint(path)  # FileNotFoundError, CheckpointError (a ValueError)
         if "state_dict" not in ckpt:
             raise ValueError(f"{path}: not a Lightning checkpoint of this project (no state_dict)")
@@ -243,6 +243,10 @@ class Detector:
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tensors["anchors"] = self.anchors.detach().cpu().contiguous()
         _safetensors().torch.save_file(tensors, str(path), metadata=self.metadata())
+        # safetensors writes the file owner-only (0600); give it the mode any new file gets here
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[Letterbox]]:
         """images: list of (H, W, 3) uint8 RGB -> (B, 3, S, S) float in [0, 1] on the

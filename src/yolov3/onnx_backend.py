@@ -2,8 +2,8 @@
 
 The exported graph is the network alone: (B, 3, H, W) float32 in [0, 1] ("images", batch,
 height and width dynamic, H and W multiples of 32) -> the three raw heads ("head_s32",
-"head_s16", "head_s8", each (B, 3, H/stride, W/stride, 5 + C)). Letterboxing, decoding and
-NMS stay in Python (yolov3.postprocess), shared with the torch backend, so both backends give the
+"head_s16", "head_s8", each (B, 3, H/stride, W/stride, 5 + C)). Letterboxing (yolov3.letterbox),
+decoding and NMS (yolov3.postprocess) stay in Python, shared with the torch backend, so both backends give the
 same detections for the same head outputs. The file's metadata holds what a Detector needs
 besides weights (the same keys as the safetensors export: width, class names, evaluation
 size, training sizes, score mode, NMS IoU, detections per image, and the anchors).

@@ -1,4 +1,5 @@
-"""Drawing boxes and class activation maps, and plotting training curves."""
+"""Drawing: boxes, CAM overlays, training batches, image grids; plots: training curves, PR
+curves, per-class AP bars."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`yolov3 app`: a Gradio page to detect, inspect and explain, over the one Detector.
+"""The page of `yolov3 app` (commands/server.py serves it): Gradio, to detect, inspect and
+explain, over the one Detector.
 
 The page takes an image (upload, webcam or clipboard; examples below it), runs the
 detector with the confidence, NMS IoU and input size set by sliders, and shows the
@@ -7,12 +8,11 @@ writes to detections.json) and, when asked, a class activation map: Grad-CAM of 
 detection or EigenCAM of the whole image.
 
 There is no inference code here: preprocessing, forward, decode and NMS are the
-Detector's (yolov3.detector), CAM is yolov3.cam.explain, drawing is yolov3.viz. This
-module reads uploads (refusing what is not an image or too big, with a message), wires
-the page and serialises model use.
+Detector's (yolov3.detector), CAM is yolov3.cam.explain, drawing is yolov3.viz, reading
+uploads is commands/requests.py. This module wires the page and serialises model use.
 
 `DetectorApp.predict` is plain Python (no Gradio), so it is tested directly; `build`
-makes the page and `serve` launches it with Gradio's queue.
+makes the page.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 
 from yolov3.cam import ImageCAM, explain
 from yolov3.commands.detect import coco_records
-from yolov3.commands.requests import (MAX_PIXELS, MAX_SIDE, NOT_A_FILE, UploadError, _image_data_or_not, _index,
-                                      _not_a_file, _number, _png_file, _save_data_url, _shown, gradio,
+from yolov3.commands.requests import (MAX_PIXELS, MAX_SIDE, NOT_A_FILE, UploadError, image_data_or_not, detection_index,
+                                      not_a_file, setting_value, png_file, save_data_url, described, gradio,
                                       read_upload)
 from yolov3.data.sample import expand_sources
 from yolov3.detector import weights_format
@@ -38,9 +38,7 @@ from yolov3.viz import draw_boxes, render_cam
 
 log = logging.getLogger("yolov3.commands.app")
 
-DEMO_WEIGHTS = Path("runs/demo/checkpoints/best.ckpt")
 DEMO_EXAMPLES = Path("runs/demo/examples")
-MAX_UPLOAD = "50mb"  # Gradio refuses larger files before they reach us
 SIZE_RANGE = (320, 608, 32)  # input size slider: min, max, step (min reaches down to the training sizes)
 CAM_NONE, CAM_GRAD, CAM_EIGEN = "none", "Grad-CAM (one detection)", "EigenCAM (whole image)"
 CAM_CHOICES = (CAM_NONE, CAM_GRAD, CAM_EIGEN)
@@ -142,17 +140,17 @@ class DetectorApp:
         if cam != CAM_NONE and self.explainer is None:
             raise UploadError(NO_EXPLAINER.format(backend=self.detector.backend))
         lo, hi, step = self.size_range
-        conf = _number(self.detector.conf_threshold if conf is None else conf, "confidence", 0.0, 1.0)
-        iou = _number(self.detector.iou_threshold if iou is None else iou, "NMS IoU", 0.0, 1.0)
-        size = _number(self.detector.size if size is None else size, "input size", lo, hi)
+        conf = setting_value(self.detector.conf_threshold if conf is None else conf, "confidence", 0.0, 1.0)
+        iou = setting_value(self.detector.iou_threshold if iou is None else iou, "NMS IoU", 0.0, 1.0)
+        size = setting_value(self.detector.size if size is None else size, "input size", lo, hi)
         if size != int(size) or int(size) % step:
             raise UploadError(f"input size must be a multiple of {step} from {lo} to {hi}, not {size:g}")
         size = int(size)
-        which = _index(which)
+        which = detection_index(which)
         if isinstance(path, (str, Path)) and not str(path).strip():
             path = None  # an empty string from an API call: the same as no image
         if path is not None and not isinstance(path, (str, Path)):
-            raise UploadError(_not_a_file(_shown(path)))
+            raise UploadError(not_a_file(described(path)))
         image, note = read_upload(path, self.max_pixels, self.max_side, name)
         detector = self.detector.configured(size=size, conf_threshold=float(conf), iou_threshold=float(iou))
         names = detector.class_names
@@ -205,11 +203,11 @@ class DetectorApp:
             if payload is None:
                 return None
             if NOT_A_FILE in (payload.meta or {}):
-                raise gr.Error(_not_a_file(payload.meta[NOT_A_FILE]), title="Cannot use this input",
+                raise gr.Error(not_a_file(payload.meta[NOT_A_FILE]), title="Cannot use this input",
                                print_exception=False)
             url = payload.url or ""
             if url.startswith("data:"):
-                return _save_data_url(url, cache_dir)
+                return save_data_url(url, cache_dir)
             return payload.path
 
         def as_sent(payload):
@@ -228,13 +226,13 @@ class DetectorApp:
                 log.info("refused: %s", exc)  # one line in the server's log, no traceback
                 raise gr.Error(str(exc), title="Cannot use this input", print_exception=False) from None
             table = _table(p.table(names))
-            keep = _index(which) if _index(which) < len(p.detections) else 0
+            keep = detection_index(which) if detection_index(which) < len(p.detections) else 0
             cache_dir = annotated.GRADIO_CACHE
             # Plain values only, never gr.update(...) or a component: Gradio builds a new
             # component for each such update and keeps it in the session's state under a new
             # id when the component is also an input (as `which` is): one more component,
             # with its config, kept per request for as long as the session lives.
-            return (_png_file(p.image, cache_dir, "detections.png"), table, _png_file(p.cam, cache_dir, "cam.png"),
+            return (png_file(p.image, cache_dir, "detections.png"), table, png_file(p.cam, cache_dir, "cam.png"),
                     p.records, p.note, keep)
 
         with gr.Blocks(title="YOLOv3 detector") as page:
@@ -246,7 +244,7 @@ class DetectorApp:
                     # on this instance only (a gr.Image subclass would make Gradio write a .pyi
                     # stub next to this module at import time)
                     image.preprocess = functools.partial(path_only, cache_dir=image.GRADIO_CACHE)
-                    image.data_model = _image_data_or_not()
+                    image.data_model = image_data_or_not()
                     conf = gr.Slider(0.01, 1.0, value=self.detector.conf_threshold, step=0.01, label="confidence")
                     iou = gr.Slider(0.05, 0.95, value=self.detector.iou_threshold, step=0.05, label="NMS IoU")
                     size = gr.Slider(lo, hi, value=self.detector.size, step=step, label="input size")

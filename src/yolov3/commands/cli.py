@@ -13,20 +13,23 @@ import sys
 import warnings
 
 from yolov3.checkpoint_io import CheckpointError
-from yolov3.commands.lightning_cli import YoloCLI
 from yolov3.commands.parser import build_parser
 from yolov3.data.sample import DataError
 from yolov3.nonfinite import TrainingDiverged
 
 _USER_ERRORS = (DataError, CheckpointError, TrainingDiverged)
 # Each own command is `function` of the module yolov3.commands.<module>, imported when that
-# command runs (here, the one place), so a command loads only what it uses.
+# command runs (here, the one place), so a command loads only what it uses (`yolov3 detect`
+# neither Lightning nor Gradio). fit / validate / test / predict import
+# yolov3.commands.lightning_cli the same way.
 HANDLERS: dict[str, tuple[str, str]] = {
     "summary": ("tools", "summary"), "synth": ("tools", "synth"), "show-batch": ("tools", "show_batch"),
     "demo": ("demo", "command"), "detect": ("detect", "command"), "export": ("export", "command"),
     "cam": ("cam", "command"), "app": ("server", "command"), "space": ("space", "command")}
 OWN_COMMANDS = tuple(HANDLERS)
 PASSES_OVERRIDES = ("demo", "show-batch")
+OWN_HELP = (f"yolov3 {{{','.join(OWN_COMMANDS)}}} ...: this project's own commands (yolov3 <command> --help);\n"
+            "yolov3 {fit,validate,test,predict} ...: training and evaluation with LightningCLI, below.\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,9 +54,12 @@ def main(argv: list[str] | None = None) -> None:
         except _USER_ERRORS as exc:
             raise SystemExit(f"yolov3 {args.command}: {exc}") from None
         return
+    if not argv or argv[0] in ("-h", "--help"):
+        # LightningCLI's help knows only its own four subcommands
+        print(OWN_HELP)
     # LightningCLI reads sys.argv itself when run from the command line.
     try:
-        YoloCLI(args=None if from_command_line else argv)
+        importlib.import_module("yolov3.commands.lightning_cli").YoloCLI(args=None if from_command_line else argv)
     except _USER_ERRORS as exc:
         # a bad file of the user's is one line naming it, not a traceback of our internals
         raise SystemExit(f"yolov3 {argv[0] if argv else ''}: {exc}".replace(":  ", ": ")) from None

@@ -10,10 +10,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from jsonargparse._actions import _ActionPrintConfig  # private: tests/test_configs.py notices a change
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.cli import LightningCLI
 
-from yolov3.checkpoint_io import SafeCheckpointIO, read_hyperparameters
+from yolov3.checkpoint_io import read_hyperparameters
+from yolov3.checkpoint_plugin import SafeCheckpointIO
 from yolov3.commands.report import print_report, summarise, write_report
 from yolov3.data.datamodule import YoloDataModule
 from yolov3.hparams import grouped_hparams
@@ -44,8 +46,6 @@ class YoloCLI(LightningCLI):
         (run_dirs.name_run), so that --print_config shows the folders the run will use.
         jsonargparse prints inside parse_args, so its printing waits for name_run (through
         its private _ActionPrintConfig; tests/test_configs.py notices if that changes)."""
-        from jsonargparse._actions import _ActionPrintConfig
-
         with _ActionPrintConfig.skip_print_config():
             super().parse_arguments(parser, args)
         name_run(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="per-layer table of parameters and multiply-adds")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
     p.add_argument("--size", type=int, default=416, help="input size, a multiple of 32 (default 416)")
-    p.add_argument("--num-classes", type=int, default=20)
+    p.add_argument("--num-classes", type=int, default=20, help="number of classes (default 20, VOC)")
     p.add_argument("--depth", type=int, default=3, help="module nesting depth shown")
 
     p = sub.add_parser("synth", help="write a synthetic VOC-format dataset")

@@ -80,31 +80,31 @@ def read_upload(path: str | Path | None, max_pixels: int = MAX_PIXELS, max_side:
                    f"{max_side}); boxes are in the downscaled image's pixels.")
 
 
-def _shown(value) -> str:
+def described(value) -> str:
     """A value from a request, short enough for a message, with its type."""
     text = repr(value)
     return f"{text[:60]}{'...' if len(text) > 60 else ''} (of type {type(value).__name__})"
 
 
-def _not_a_file(shown: str) -> str:
+def not_a_file(shown: str) -> str:
     return f"image must be an uploaded file (gradio_client.handle_file(path)), not {shown}"
 
 
-def _number(value, label: str, lo: float, hi: float) -> float:
+def setting_value(value, label: str, lo: float, hi: float) -> float:
     """A setting from a request as a float in [lo, hi]; UploadError naming the setting else.
 
     API calls bypass the page's sliders, so anything can arrive: strings, booleans (which
     Python would silently take as 0 and 1), NaN (which `x < lo or x > hi` lets through).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise UploadError(f"{label} must be a number from {lo:g} to {hi:g}, not {_shown(value)}")
+        raise UploadError(f"{label} must be a number from {lo:g} to {hi:g}, not {described(value)}")
     value = float(value)
     if not lo <= value <= hi:  # False for NaN too
         raise UploadError(f"{label} must be a number from {lo:g} to {hi:g}, not {value:g}")
     return value
 
 
-def _index(value) -> int:
+def detection_index(value) -> int:
     """The "detection to explain" from a request: a whole number >= 0 (a digit string too,
     as a form field may send it); UploadError else."""
     if value is None or value == "":
@@ -114,7 +114,7 @@ def _index(value) -> int:
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
             and float(value).is_integer() and value >= 0:
         return int(value)
-    raise UploadError(f"detection to explain must be a detection's number (0, 1, ...), not {_shown(value)}")
+    raise UploadError(f"detection to explain must be a detection's number (0, 1, ...), not {described(value)}")
 
 
 def _reason(exc: DataError) -> str:
@@ -127,7 +127,7 @@ NOT_A_FILE = "yolov3_not_a_file"  # the key in ImageData.meta of a request's ima
 
 
 @functools.cache
-def _image_data_or_not():
+def image_data_or_not():
     """Gradio's ImageData, except that a value which is not a file's description at all (an
     API call that sent a number or a bare string) validates too, as an empty one whose `meta`
     says what was sent. The page's image preprocessing then refuses it with a message; Gradio
@@ -141,12 +141,12 @@ def _image_data_or_not():
         def _not_a_file(cls, value):
             if value is None or isinstance(value, (dict, BaseModel)):
                 return value
-            return {"meta": {"_type": "gradio.FileData", NOT_A_FILE: _shown(value)}}
+            return {"meta": {"_type": "gradio.FileData", NOT_A_FILE: described(value)}}
 
     return ImageData
 
 
-def _save_data_url(url: str, cache_dir: str | Path) -> str:
+def save_data_url(url: str, cache_dir: str | Path) -> str:
     """Write the bytes of a base64 data: URL (an image sent inline) to a file, unchanged;
     its path. Raises gr.Error when the URL is not base64 data."""
     head, _, data = url.partition(",")
@@ -178,7 +178,7 @@ def _write_once(data: bytes, root: Path, name: str) -> str:
     return str(path)
 
 
-def _png_file(image: np.ndarray | None, cache_dir: str | Path, name: str) -> str | None:
+def png_file(image: np.ndarray | None, cache_dir: str | Path, name: str) -> str | None:
     """An output image as a PNG file of its own (see _write_once), for an Image output.
 
     Handed an array, Gradio writes its PNG to a path named by the content's hash in place

@@ -15,11 +15,14 @@ import logging
 import os
 from pathlib import Path
 
-from yolov3.commands.app import DEMO_WEIGHTS, MAX_UPLOAD, DetectorApp, find_examples
+from yolov3.commands.app import DetectorApp, find_examples
 from yolov3.commands.requests import gradio
 from yolov3.detector import Detector
 
-log = logging.getLogger("yolov3.commands.app")
+log = logging.getLogger(__name__)
+
+DEMO_WEIGHTS = Path("runs/demo/checkpoints/best.ckpt")
+MAX_UPLOAD = "50mb"  # Gradio refuses larger files before they reach us
 
 
 MALLOC_ARENAS = 2
