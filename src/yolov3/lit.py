@@ -5,6 +5,7 @@ It holds no math of its own: boxes, targets, loss and metrics live in their modu
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from yolov3.metrics import CourseAccuracy, DetectionMAP
 from yolov3.model import YOLOv3
 from yolov3.nonfinite import NonFiniteGuard
 from yolov3.postprocess import postprocess
+from yolov3.pretrained import BackboneFreeze, load_pretrained
 from yolov3.targets import build_targets
+
+log = logging.getLogger("yolov3")
 
 class YoloLitModule(L.LightningModule):
     """YOLOv3 trained with the course's recipe.
@@ -46,9 +50,15 @@ class YoloLitModule(L.LightningModule):
             train/nonfinite_steps. This many such steps in a row stop training with
             TrainingDiverged. Under fp16 mixed precision, non-finite gradients with a finite
             loss are the GradScaler's overflow skips and are left to it (not counted).
+        pretrained: weights a fresh fit starts from (yolov3.pretrained.load_pretrained): a
+            Darknet darknet53.conv.74 or yolov3.weights, or this project's .ckpt or
+            .safetensors (output convolutions re-initialised for another class count). Read
+            at the start of fit only, not when resuming (--ckpt_path) or loading a checkpoint.
+        freeze_backbone_epochs: keep the backbone (Darknet-53) fixed for this many epochs:
+            no gradient, BatchNorm statistics frozen (yolov3.pretrained.BackboneFreeze).
 
     Raises ValueError for anchors not of shape (3, 3, 2), an unknown objectness loss or
-    max_nonfinite_steps < 1; TypeError for a group of the wrong type or with unknown fields.
+    max_nonfinite_steps < 1 or freeze_backbone_epochs < 0; TypeError for a group of the wrong type or with unknown fields.
     """
 
     def __init__(
@@ -61,6 +71,8 @@ class YoloLitModule(L.LightningModule):
         evaluation: EvalConfig = EvalConfig(),
         channels_last: bool = True,
         max_nonfinite_steps: int = 10,
+        pretrained: str | None = None,
+        freeze_backbone_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.optim = as_config(OptimConfig, optim)
@@ -71,6 +83,7 @@ class YoloLitModule(L.LightningModule):
             "num_classes": num_classes, "width": width, "anchors": anchors,
             **{name: as_plain(getattr(self, name)) for name in GROUPS},
             "channels_last": channels_last, "max_nonfinite_steps": max_nonfinite_steps,
+            "pretrained": pretrained, "freeze_backbone_epochs": freeze_backbone_epochs,
         })
         self.model = YOLOv3(num_classes=num_classes, width=width)
         if self.loss.objectness_prior is not None:
@@ -94,6 +107,8 @@ class YoloLitModule(L.LightningModule):
         if max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self._guard = NonFiniteGuard(self.model, max_nonfinite_steps)
+        self.pretrained, self.pretrained_report = pretrained, None
+        self._freeze = BackboneFreeze(self.model, freeze_backbone_epochs)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
@@ -124,7 +139,15 @@ class YoloLitModule(L.LightningModule):
         total, parts = self.loss_fn(outputs, targets, self.anchors)
         return outputs, targets, total, parts
 
+    def on_fit_start(self) -> None:
+        """A fresh fit starts from `pretrained`; a resumed one has its weights from the checkpoint."""
+        if self.pretrained and self.trainer.ckpt_path is None:
+            self.pretrained_report = load_pretrained(self.model, self.pretrained)
+            if self.trainer.is_global_zero:
+                log.info("%s", self.pretrained_report.summary())
+
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._freeze.before_batch(self.current_epoch)
         self._guard.before_forward()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -139,6 +162,7 @@ class YoloLitModule(L.LightningModule):
         return total
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._freeze.before_step()
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         dropped = self._guard.before_step(self.trainer.strategy, check_grads=scaler is None)
         if dropped:

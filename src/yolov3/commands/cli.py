@@ -14,10 +14,12 @@ import warnings
 
 from yolov3.checkpoint_io import CheckpointError
 from yolov3.commands.parser import build_parser
+from yolov3.darknet import DarknetError
 from yolov3.data.sample import DataError
 from yolov3.nonfinite import TrainingDiverged
+from yolov3.pretrained import PretrainedError
 
-_USER_ERRORS = (DataError, CheckpointError, TrainingDiverged)
+_USER_ERRORS = (DataError, CheckpointError, TrainingDiverged, DarknetError, PretrainedError)
 # Each own command is `function` of the module yolov3.commands.<module>, imported when that
 # command runs (here, the one place), so a command loads only what it uses (`yolov3 detect`
 # neither Lightning nor Gradio). fit / validate / test / predict import
