@@ -23,7 +23,6 @@ import copy
 import time
 from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torchmetrics import MeanMetric
