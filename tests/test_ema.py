@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from test_nonfinite import Poisoned  # a NaN loss or inf gradients at given steps
 from torch import nn
 
 from yolov3.checkpoint_io import SafeCheckpointIO, load_checkpoint
@@ -108,20 +109,6 @@ def test_dropped_steps_and_gradscaler_skips_do_not_update():
 
 
 # ---- inside Lightning -------------------------------------------------------------------
-
-
-class Poisoned(YoloLitModule):
-    """A NaN loss at the given global steps (a batch gone bad on purpose)."""
-
-    def __init__(self, nan_loss_steps=(), **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.nan_loss_steps = set(nan_loss_steps)
-
-    def _step(self, batch):
-        outputs, targets, total, parts = super()._step(batch)
-        if self.training and self.global_step in self.nan_loss_steps:
-            total = total * float("nan")
-        return outputs, targets, total, parts
 
 
 class EmaRecorder(Callback):
