@@ -81,9 +81,10 @@ def _val_history(run: Path) -> list[tuple[str, str, str]]:
 
 
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(synth_root, tmp_path):
-    """SIGKILL at a random mid-epoch step, resume from last.ckpt: weights, Adam moments and
-    schedule equal an uninterrupted run's, bit for bit (CPU, deterministic), and metrics.csv
-    holds one unbroken history. Two DataLoader workers make the batches, as on a GPU machine."""
+    """SIGKILL at a random mid-epoch step, resume from last.ckpt: weights, their EMA, Adam
+    moments and schedule equal an uninterrupted run's, bit for bit (CPU, deterministic), and
+    metrics.csv holds one unbroken history. Two DataLoader workers make the batches, as on a
+    GPU machine. The EMA is on (with a short ramp), whatever voc.yaml says."""
     config = yaml.safe_load(VOC.read_text())
     step_ckpt = [c for c in config["trainer"]["callbacks"] if c["init_args"].get("every_n_train_steps")]
     assert len(step_ckpt) == 1, "voc.yaml should save last.ckpt every N steps"
@@ -91,7 +92,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(synth_root, tmp_path
     config["trainer"]["callbacks"].append({"class_path": "run_helpers.KillAtStep"})
     cfg = tmp_path / "voc_every_step.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    args = tiny(synth_root, epochs=3, workers=2)[2:]  # without --config; _fit_process adds it
+    args = [*tiny(synth_root, epochs=3, workers=2)[2:],  # without --config; _fit_process adds it
+            "--model.optim.ema", "true", "--model.optim.ema_tau", "4"]
     steps_per_epoch, total = 4, 12  # 18 training images, batch 4
     kill_at = random.choice([s for s in range(1, total) if s % steps_per_epoch])
 
@@ -109,8 +111,12 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(synth_root, tmp_path
     a = load_checkpoint(tmp_path / "whole" / "runs" / "voc" / "version_0" / "checkpoints" / "last.ckpt")
     b = load_checkpoint(last)
     assert a["global_step"] == b["global_step"] == total, kill_at
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), (kill_at, key)
+    assert a["ema"]["updates"] == b["ema"]["updates"] == total, kill_at
+    for state_a, state_b in ((a["state_dict"], b["state_dict"]),  # "model.*": the EMA
+                             (a["ema"]["training_state_dict"], b["ema"]["training_state_dict"])):
+        assert state_a.keys() == state_b.keys()
+        for key, value in state_a.items():
+            assert torch.equal(value, state_b[key]), (kill_at, key)
     for pa, pb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"]), kill_at
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]

@@ -36,6 +36,9 @@ class OptimConfig:
     max_lr / div_factor / final_div_factor. pct_start: the share of steps spent warming up.
     three_phase, anneal_strategy: as torch.optim.lr_scheduler.OneCycleLR.
     weight_decay: Adam's (L2) weight decay.
+    ema: evaluate, test and save an exponential moving average of the weights (yolov3.ema),
+        updated after every optimizer step that changed them, with the decay
+        ema_decay * (1 - exp(-t / ema_tau)) at the t-th (ema_tau in optimizer steps).
     """
 
     max_lr: float = 8e-4
@@ -45,6 +48,9 @@ class OptimConfig:
     final_div_factor: float = 100.0
     three_phase: bool = False
     anneal_strategy: str = "linear"
+    ema: bool = False
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 
 from yolov3.checkpoint_io import read_hyperparameters
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS
+from yolov3.ema import ModelEMA
 from yolov3.hparams import (GROUPS, LEGACY_NAMES, EvalConfig, LossConfig, OptimConfig, as_config, as_plain,
                             grouped_hparams)
 from yolov3.loss import LOSS_TERMS, YoloLoss
@@ -34,7 +35,11 @@ class YoloLitModule(L.LightningModule):
         num_classes: number of classes (20 for VOC).
         width: channel multiplier of the model (1.0 = the course's 61.6 M parameters).
         anchors: (3 scales, 3 anchors, (w, h)) as fractions of the image; default COCO / 416.
-        optim: Adam and its OneCycleLR schedule (yolov3.hparams.OptimConfig).
+        optim: Adam and its OneCycleLR schedule, and the EMA of the weights
+            (yolov3.hparams.OptimConfig). With optim.ema, validation, test and predict run
+            the EMA (`ema.module`), training runs `model`; checkpoints hold the EMA as
+            "model.*" (what Detector and export read) and the training weights under "ema"
+            (yolov3.ema.ModelEMA.write_checkpoint), so a resumed fit continues exactly.
         loss: the loss terms' weights and forms (yolov3.hparams.LossConfig).
         evaluation: the accuracies' threshold and the mAP's detection settings
             (yolov3.hparams.EvalConfig).
@@ -109,6 +114,8 @@ class YoloLitModule(L.LightningModule):
         self._guard = NonFiniteGuard(self.model, max_nonfinite_steps)
         self.pretrained, self.pretrained_report = pretrained, None
         self._freeze = BackboneFreeze(self.model, freeze_backbone_epochs)
+        o = self.optim
+        self.ema = ModelEMA(self.model, o.ema_decay, o.ema_tau) if o.ema else None
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
@@ -130,7 +137,11 @@ class YoloLitModule(L.LightningModule):
             images = images.float().div_(255.0)
         if self.model.first_layer_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.model(images)
+        return self._network()(images)
+
+    def _network(self) -> torch.nn.Module:
+        """The training weights while training; the EMA's, when on, in evaluation."""
+        return self.model if self.training or self.ema is None else self.ema.module
 
     def _step(self, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, dict]:
         outputs = self(batch["images"])
@@ -140,11 +151,14 @@ class YoloLitModule(L.LightningModule):
         return outputs, targets, total, parts
 
     def on_fit_start(self) -> None:
-        """A fresh fit starts from `pretrained`; a resumed one has its weights from the checkpoint."""
+        """A fresh fit starts from `pretrained`; a resumed one has its weights from the checkpoint.
+        The EMA of a new fit starts from the weights as they are then (pretrained ones included)."""
         if self.pretrained and self.trainer.ckpt_path is None:
             self.pretrained_report = load_pretrained(self.model, self.pretrained)
             if self.trainer.is_global_zero:
                 log.info("%s", self.pretrained_report.summary())
+        if self.ema is not None and self.ema.updates == 0:
+            self.ema.reset(self.model)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         self._freeze.before_batch(self.current_epoch)
@@ -167,9 +181,20 @@ class YoloLitModule(L.LightningModule):
         dropped = self._guard.before_step(self.trainer.strategy, check_grads=scaler is None)
         if dropped:
             self.log("train/nonfinite_steps", float(self._guard.total), reduce_fx="max")
+        if self.ema is not None:
+            self.ema.before_step(dropped, scaler)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # only a step that changed the weights (ModelEMA.after_step)
+            self.ema.after_step(self.model, getattr(self.trainer.precision_plugin, "scaler", None))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A fit resumed in its own run folder keeps the metrics history up to the checkpoint."""
+        """A fit resumed in its own run folder keeps the metrics history up to the checkpoint.
+        With the EMA, the weights go back where the module keeps them (ModelEMA.read_checkpoint);
+        without, the module takes the checkpoint's "model.*", which are the EMA's if it had one."""
+        if self.ema is not None:
+            self.ema.read_checkpoint(checkpoint)
         if self._trainer is not None and self.trainer.state.fn == "fit":
             for logger in self.trainer.loggers:
                 if hasattr(logger, "resume_at"):
@@ -247,11 +272,14 @@ class YoloLitModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record what inference needs from the data side (plain types, so the checkpoint
-        still loads with weights_only=True): class names, eval size and training sizes."""
+        still loads with weights_only=True): class names, eval size and training sizes; with
+        the EMA, put its weights first (see optim)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "image_size"):
             checkpoint[DATA_KEY] = {"class_names": list(dm.class_names), "image_size": int(dm.image_size),
                                     "train_sizes": [int(s) for s in dm.train_sizes]}
+        if self.ema is not None:  # "model.*" = the EMA, for every reader of the checkpoint
+            self.ema.write_checkpoint(checkpoint)
 
     def configure_optimizers(self):
         h = self.optim
