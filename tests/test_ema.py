@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from test_nonfinite import Poisoned  # a NaN loss or inf gradients at given steps
 from torch import nn
 
-from yolov3.checkpoint_io import SafeCheckpointIO, load_checkpoint
+from yolov3.checkpoint_io import load_checkpoint
+from yolov3.checkpoint_plugin import SafeCheckpointIO
 from yolov3.data.augment import AugmentConfig
 from yolov3.data.datamodule import YoloDataModule
 from yolov3.detector import Detector
