@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
     extra = {f"ema{i}": spec for i, spec in enumerate(extra_specs, start=1)}
     hparams = {k: v for k, v in cli.model.hparams.items() if not k.startswith("_")}  # not LightningCLI's own
     module = Weightings(extra, **hparams)
+    # the CLI built (and seeded) the demo's own model first; building a second one drew other
+    # initial weights from the global generator, so start from the CLI's: the "raw" row is then
+    # the demo itself, bit for bit
+    module.model.load_state_dict(cli.model.model.state_dict())
     names = {"raw": "raw", f"ema {decay:g}:{tau:g}": None,
              **{f"ema {d:g}:{t:g}": name for name, (d, t) in extra.items()}}
     curves = Curves(names)
