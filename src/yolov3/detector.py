@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -242,11 +241,8 @@ class Detector:
         self._require_torch_weights()
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         tensors["anchors"] = self.anchors.detach().cpu().contiguous()
-        _safetensors().torch.save_file(tensors, str(path), metadata=self.metadata())
-        # safetensors writes the file owner-only (0600); give it the mode any new file gets here
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)
+        # the bytes written as any file here is (safetensors' save_file makes it owner-only, 0600)
+        Path(path).write_bytes(_safetensors().torch.save(tensors, metadata=self.metadata()))
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[Letterbox]]:
         """images: list of (H, W, 3) uint8 RGB -> (B, 3, S, S) float in [0, 1] on the

@@ -101,7 +101,7 @@ def load_pretrained(model: YOLOv3, path: str | os.PathLike) -> PretrainedReport:
     kind = weights_format(path)
     if kind == "onnx":
         raise PretrainedError(f"{path}: an ONNX export holds no trainable weights; start from the .ckpt or "
-                         ".safetensors file it was exported from")
+                              ".safetensors file it was exported from")
     source = Detector.load(path).model  # CheckpointError / ValueError name the file
     note = f"width {source.width}, {source.num_classes} classes"
     return _load(model, source.state_dict(), path, kind, note, other_width=source.width)
@@ -144,7 +144,7 @@ def _load(model: YOLOv3, state: dict[str, torch.Tensor], path: Path, kind: str, 
             mine = tuple(own[key].shape) if key in own else "absent"
             hint = f" (the file's width is {other_width}, the model's {model.width})" if other_width else ""
             raise PretrainedError(f"{path}: layer {spec.name}: {key} has shape {tuple(state[key].shape)} in the file "
-                             f"and {mine} in the model{hint}")
+                                  f"and {mine} in the model{hint}")
         take.update({k: state[k] for k in keys})
         report.loaded.append(spec.name)
     report.skipped += list(by_layer)  # the file's layers the model has no place for
