@@ -1,20 +1,42 @@
 """Training targets for the three heads, built on the training device in one batched pass.
 
-The assignment rule is the course's, stated exactly so that a slow reference can check it:
+The assignment rule, stated exactly so that slow references can check it (tests/test_targets.py):
 
-1. Shape IoU (centres aligned) between each box and the 3 anchors of each scale.
-2. At every scale, each box claims a slot (anchor, cell containing its centre), trying its
-   anchors from best to worst shape IoU; the first slot not already taken becomes its
-   positive at that scale. Claims go in rounds (every box's best anchor first, then the
-   second best of the boxes that lost, then the third); within a round, the box that comes
-   first in the batch wins a contested slot. (The course went box by box instead; the two
-   differ only when three or more boxes crowd one cell.)
-3. Every other anchor of that scale, at the box's cell, whose shape IoU with the box is
-   above `ignore_threshold` is marked ignore (-1): neither object nor no-object. A positive
-   always wins over an ignore.
+1. Shape IoU (centres aligned) between each box and the 3 anchors of each scale; equal IoUs
+   rank the lower anchor index first.
+2. A box's cell on a gh x gw grid is (floor(cy * gh), floor(cx * gw)), computed in float32
+   and clamped to the grid.
+3. At every scale, each box claims a slot (anchor, its cell), trying its anchors from best to
+   worst shape IoU; the first slot that is no box's positive yet becomes its positive at that
+   scale. Claims go in rounds (every box's best anchor first, then the second best of the
+   boxes that lost, then the third); within a round, the box that comes first in the batch
+   wins a contested slot.
+4. Every other anchor of that scale, at the box's cell, whose shape IoU with the box is
+   above `ignore_threshold` is marked ignore (-1): neither object nor no-object, unless it is
+   some box's positive: a positive always wins over an ignore.
 
-A box whose centre lies on the right or bottom border falls in the last cell (no index out
-of range; its cell offset is then 1.0).
+Where this differs from the course's code, and why (the course: ERA V1 session 13,
+github.com/jyanivaddi/dl_hub YOLO_V3/yolo_v3_utils/pascal_voc_dataset.py (and _mosaic.py),
+__getitem__; it
+walks the boxes one by one, each through its anchors from best to worst):
+
+a. An ignore mark never blocks a claim. The course tests a slot with `not value`, so an
+   earlier box's -1 counts as taken: a later box whose best anchor (even a perfect fit) got
+   that mark loses it and falls back to a worse anchor or none, depending on the order of the
+   boxes in the label file. An ignore only excuses an anchor from the no-object loss; it is
+   no reason to deny another box its positive.
+b. Claims go in rounds, the course box by box. Apart from (a) the two agree when at most two
+   boxes share a cell, and can differ when three or more do (box 3 may win in round 1 the
+   anchor that box 2 would have taken second). Rounds make one vectorised claim per anchor
+   rank instead of a Python loop over the boxes.
+c. A centre on the right or bottom edge (cx or cy = 1.0) falls in the last cell, with cell
+   offset 1.0; the course's int(S * 1.0) = S indexes out of range (IndexError).
+d. A centre exactly on a cell border (cx = k / S) lands where float32 puts it: cx is rounded
+   to float32 and floor(cx * S) in float32 is k for every k in 1..S-1 on the grids 10/20/40,
+   13/26/52 and 19, but k - 1 (offset just under 1) for S = 38, k = 27 and S = 76, k = 27 and
+   54. The course's int(S * x), in float64 from a float64 x, is k - 1 instead for S = 26,
+   k = 15; S = 52, k = 15 and 30; S = 76, k = 53. Both cells touch such a centre; float32 is
+   the dtype the batch is on, and a float64 pass would buy nothing.
 """
 
 from __future__ import annotations
