@@ -17,8 +17,7 @@ The assignment rule, stated exactly so that slow references can check it (tests/
 
 Where this differs from the course's code, and why (the course: ERA V1 session 13,
 github.com/jyanivaddi/dl_hub YOLO_V3/yolo_v3_utils/pascal_voc_dataset.py (and _mosaic.py),
-__getitem__; it
-walks the boxes one by one, each through its anchors from best to worst):
+__getitem__; it walks the boxes one by one, each through its anchors from best to worst):
 
 a. An ignore mark never blocks a claim. The course tests a slot with `not value`, so an
    earlier box's -1 counts as taken: a later box whose best anchor (even a perfect fit) got
