@@ -235,11 +235,13 @@ def test_yolov3_test_prints_the_table_and_writes_the_report(synth_root, tmp_path
         assert Detector.load(path, size=128).size == 128
     main(["test", *common, "--ckpt_path", str(ckpt)])
     printed = capsys.readouterr().out
-    for row in ("class accuracy", "VOC07 mAP@0.5", "VOC2010+ mAP@0.5", "COCO mAP@[.5:.95]", "Per-class AP", "aeroplane"):
+    for row in ("class accuracy", "VOC07 mAP@0.5", "VOC2010+ mAP@0.5",
+                'course-style "mAP"@0.5 (trapezoid, no envelope)', "COCO mAP@[.5:.95]", "Per-class AP", "aeroplane"):
         assert row in printed, row
     report = json.loads((tmp_path / "runs" / "demo" / "test" / "version_0" / "results.json").read_text())
     assert report["images"] == 8 and len(report["per_class"]) == 20
-    assert {"class_acc", "map_07", "map_2010", "coco_map"} <= set(report["summary"])
+    assert {"class_acc", "map_07", "map_2010", "map_course", "coco_map"} <= set(report["summary"])
+    assert {"ap_07", "ap_2010", "ap_course"} <= set(report["per_class"][0])
     for png in ("pr_curves.png", "ap_per_class.png"):
         with Image.open(tmp_path / "runs" / "demo" / "test" / "version_0" / png) as im:
             assert im.size[0] > 300

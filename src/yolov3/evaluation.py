@@ -1,6 +1,7 @@
 """Detection evaluation input as flat arrays (EvalArrays), and PASCAL VOC average precision
-(VOC2007 11-point and VOC2010+ all-point) on them. COCO-style mAP of the same arrays is in
-coco_eval.py; metrics.DetectionMAP accumulates them over a split (exactly, under DDP).
+(VOC2007 11-point and VOC2010+ all-point) on them, beside the ERA V1 course's own "mAP"
+(course_ap: see there how it differs). COCO-style mAP of the same arrays is in coco_eval.py;
+metrics.DetectionMAP accumulates them over a split (exactly, under DDP).
 
 VOC protocol, as in the devkit's VOCevaldet / voc_eval, per class:
 
@@ -147,6 +148,44 @@ def voc_ap(recall: ArrayLike, precision: ArrayLike, use_07_metric: bool) -> floa
     return float(np.sum((mrec[step + 1] - mrec[step]) * envelope[step + 1]))
 
 
+def course_ap(recall: ArrayLike, precision: ArrayLike) -> float:
+    """Average precision of one class as the ERA V1 course (session 13) computes its "mAP".
+
+    Source: mean_average_precision in the course's YOLO_V3/yolo_v3_utils/utils.py (read in the
+    jyanivaddi/dl_hub mirror). It prepends the point (recall 0, precision 1) to the raw PR curve
+    and integrates it with the trapezoid rule (torch.trapz), so with r_0 = 0, p_0 = 1:
+    AP = sum_k (r_k - r_{k-1}) * (p_k + p_{k-1}) / 2.
+
+    Differences from the VOC protocol (voc_ap), for the same points:
+
+    * no precision envelope: the precision is interpolated linearly between consecutive raw
+      points, so every dip after false positives lowers the area (VOC2010+ takes, at every
+      recall, the best precision at that recall or beyond). A rising segment ends at a TP
+      whose precision is >= the previous point's, so for the same curve this is never above
+      the VOC2010+ AP, and it is lower whenever a TP follows an FP;
+    * all points, no 11-point sampling (VOC07);
+    * no area past the last point, like VOC2010+ (whose envelope drops to 0 there).
+
+    The course's epsilons (recall TP / (n + 1e-6), precision TP / (TP + FP + 1e-6)) and its
+    float32 arithmetic are not copied: with them its AP is lower by at most 2e-6 (2 * 1e-6 * AP:
+    each epsilon scales the points by at least 1 - 1e-6), plus float32 rounding. Its IoU
+    (float32, 1e-6 added to the union) can also decide otherwise than ours when an IoU lies
+    within rounding of the threshold or two boxes overlap a detection equally; its matching
+    rules are otherwise the devkit's (best-IoU box of the image even if taken, IoU > threshold
+    strictly), which evaluate_voc shares.
+
+    Args:
+        recall, precision: (D,) values after each detection in falling score order, every
+            detection included (the course ignores none). Empty arrays mean no detections.
+
+    Returns:
+        AP in [0, 1]; 0.0 for an empty curve (the course's trapz over the lone prepended point).
+    """
+    rec = np.concatenate(([0.0], _np(recall, np.float64).ravel()))
+    prec = np.concatenate(([1.0], _np(precision, np.float64).ravel()))
+    return float(np.sum(np.diff(rec) * (prec[1:] + prec[:-1]) / 2))
+
+
 # --------------------------------------------------------------------------------------------
 # Matching
 # --------------------------------------------------------------------------------------------
@@ -236,7 +275,7 @@ def detection_outcomes(best_iou: np.ndarray, best_gt: np.ndarray, gt_difficult: 
 
 
 def evaluate_voc(arrays: EvalArrays, num_classes: int, iou_threshold: float = 0.5) -> dict[str, Any]:
-    """VOC evaluation of a split's flat arrays.
+    """VOC evaluation of a split's flat arrays, and the course's "mAP" of the same matching.
 
     Args:
         arrays: the split (EvalArrays); any order of images gives the same result.
@@ -252,7 +291,19 @@ def evaluate_voc(arrays: EvalArrays, num_classes: int, iou_threshold: float = 0.
               for classes without positives);
           "num_positives" (non-difficult GT), "num_detections" (detections that are TP
               or FP, i.e. not ignored on a difficult box), "num_tp": (C,) int64;
-          "num_images": int, I.
+          "num_images": int, I;
+          "ap_course" (C,) float64 and "map_course" float: the course's "mAP" (course_ap) of
+              the same matching with every box an ordinary positive: detections on difficult
+              boxes are TP or FP like any other (the course's labels carry no difficult flag);
+              NaN for classes without any ground truth, left out of the mean like the course
+              skips them (NaN if no class has one, where the course would divide by zero).
+
+    The course's "mAP" also differs upstream, in what it is given: it reads its ground truth
+    back from its training targets at the 52x52 scale (get_evaluation_bboxes), where a box is
+    missing if all three anchors of its cell are taken by other boxes. Given the same boxes and
+    detections, map_course is its number (to within course_ap's epsilon note). Ties in score
+    follow the same rule as VOC here: the course's stable sort keeps its loader order (image,
+    then NMS rank), which is this order when image ids follow the loader's.
 
     Raises:
         ValueError: a class index outside [0, C), or an image id problem (image_ranks).
@@ -290,8 +341,28 @@ def evaluate_voc(arrays: EvalArrays, num_classes: int, iou_threshold: float = 0.
         if positives[c]:
             out["ap_07"][c] = voc_ap(recall, precision, True)
             out["ap_2010"][c] = voc_ap(recall, precision, False)
-    defined = ~np.isnan(out["ap_07"])
-    out["map_07"] = float(out["ap_07"][defined].mean()) if defined.any() else float("nan")
-    out["map_2010"] = float(out["ap_2010"][defined].mean()) if defined.any() else float("nan")
+    out["ap_course"] = _course_aps(best_iou, best_gt, order, det_classes, gt_classes, num_classes, iou_threshold)
+    for key in ("07", "2010", "course"):
+        ap = out[f"ap_{key}"]
+        defined = ~np.isnan(ap)
+        out[f"map_{key}"] = float(ap[defined].mean()) if defined.any() else float("nan")
     out["num_images"] = num_images
     return out
+
+
+def _course_aps(best_iou: np.ndarray, best_gt: np.ndarray, order: np.ndarray, det_classes: np.ndarray,
+                gt_classes: np.ndarray, num_classes: int, iou_threshold: float) -> np.ndarray:
+    """course_ap of every class (C,) from evaluate_voc's matching (best_ground_truth, score_order).
+
+    The course has no difficult flag: every ground truth is a positive, and every detection is
+    a TP or an FP (detection_outcomes with no box difficult). NaN for a class without ground truth.
+    """
+    tp, _ = detection_outcomes(best_iou, best_gt, np.zeros(gt_classes.shape[0], bool), order, iou_threshold)
+    positives = np.bincount(gt_classes, minlength=num_classes)[:num_classes]
+    bounds = np.searchsorted(det_classes[order], np.arange(num_classes + 1))
+    ap = np.full(num_classes, np.nan)
+    for c in np.flatnonzero(positives):
+        rows = order[bounds[c]:bounds[c + 1]]
+        tp_cum = np.cumsum(tp[rows])
+        ap[c] = course_ap(tp_cum / positives[c], tp_cum / np.arange(1, rows.shape[0] + 1))
+    return ap

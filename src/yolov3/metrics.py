@@ -59,7 +59,9 @@ class CourseAccuracy(Metric):
 
 
 class DetectionMAP(Metric):
-    """VOC07 11-point and VOC2010+ all-point mAP@0.5 (and optionally COCO mAP) over a split.
+    """VOC07 11-point and VOC2010+ all-point mAP@0.5, the ERA V1 course's "mAP" (trapezoid over
+    the raw PR curve, difficult boxes counted: evaluation.course_ap) and optionally COCO mAP,
+    over a split.
 
     update() takes each image's detections and ground truth in original image pixels with
     the image's dataset index as its id. The states are the fields of evaluation.EvalArrays,
@@ -145,13 +147,13 @@ class DetectionMAP(Metric):
                           gt_difficult=flat("gt_difficult", bool))
 
     def compute(self) -> dict:
-        """{"map_07", "map_2010"} (and "coco_map", "coco_map_50" when coco) as floats,
+        """{"map_07", "map_2010", "map_course"} (and "coco_map", "coco_map_50" when coco) as floats,
         "num_images", "voc" (evaluate_voc's result: per-class AP and PR curves) and, when
         coco, "coco" (coco_map's result)."""
         arrays = self.arrays()
         voc = evaluate_voc(arrays, self.num_classes, self.iou_threshold)
-        out = {"map_07": float(voc["map_07"]), "map_2010": float(voc["map_2010"]), "voc": voc,
-               "num_images": voc["num_images"]}
+        out = {"map_07": float(voc["map_07"]), "map_2010": float(voc["map_2010"]),
+               "map_course": float(voc["map_course"]), "voc": voc, "num_images": voc["num_images"]}
         if self.coco:
             coco = coco_map(arrays, self.num_classes)
             out.update(coco_map=float(coco["map_50_95"]), coco_map_50=float(coco["map_50"]), coco=coco)

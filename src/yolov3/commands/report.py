@@ -13,7 +13,9 @@ from rich.table import Table
 from yolov3.viz import plot_ap_bars, plot_pr_curves
 
 ACCURACIES = (("class_acc", "class accuracy"), ("noobj_acc", "no-object accuracy"), ("obj_acc", "object accuracy"))
+# map_course: the ERA V1 course's own figure (evaluation.course_ap), to compare with its 0.46-0.48
 MAPS = (("map_07", "VOC07 mAP@0.5 (11-point)"), ("map_2010", "VOC2010+ mAP@0.5 (all-point)"),
+        ("map_course", 'course-style "mAP"@0.5 (trapezoid, no envelope)'),
         ("coco_map", "COCO mAP@[.5:.95]"), ("coco_map_50", "COCO mAP@.5"))
 
 
@@ -28,8 +30,8 @@ def summarise(metrics: dict, results: dict, class_names: Sequence[str]) -> dict:
     per_class = []
     for c, name in enumerate(class_names):
         row = {"class": name, "ap_07": _num(voc["ap_07"][c]), "ap_2010": _num(voc["ap_2010"][c]),
-               "positives": int(voc["num_positives"][c]), "detections": int(voc["num_detections"][c]),
-               "true_positives": int(voc["num_tp"][c])}
+               "ap_course": _num(voc["ap_course"][c]), "positives": int(voc["num_positives"][c]),
+               "detections": int(voc["num_detections"][c]), "true_positives": int(voc["num_tp"][c])}
         if "coco" in results:
             row["coco_ap"] = _num(results["coco"]["ap_50_95"][c])
         per_class.append(row)
