@@ -184,7 +184,8 @@ def test_the_size_range_reaches_down_to_the_training_sizes(tiny_checkpoint, imag
     assert small.size_range == (160, 608, 32)
     assert len(small.predict(str(image_path), conf=0.02, size=160).detections) > 0
     assert "trained at 160, 192, 224 px" in small.info() and "default input 192 px" in small.info()
-    assert f"`{tiny_checkpoint}`" in small.info() and "weights_only=True" in small.info()
+    assert f"`{tiny_checkpoint}` (a checkpoint of this project's training)" in small.info()
+    assert "the COCO anchors / 416 · scores obj_cls" in small.info()
 
 
 def test_requests_from_several_threads_get_their_own_answers(app, image_path):

@@ -13,7 +13,7 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (it is in constraints.txt)")
 
-from tiny_detector import NUM_CLASSES, two_objects  # noqa: E402
+from tiny_detector import NUM_CLASSES  # noqa: E402
 
 from yolov3.commands.cli import main  # noqa: E402
 from yolov3.deploy import calibration_images, evaluate_detector, open_images, spread  # noqa: E402
@@ -22,30 +22,6 @@ from yolov3.onnx_backend import quantize_int8  # noqa: E402
 
 NAMES = ["disc", "square", "triangle"]
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory):
-    """Two-object images like the fixture's training data as a Kaggle-layout dataset:
-    train.csv and test.csv, 24 images each (PNG, 72-140 px a side)."""
-    root = tmp_path_factory.mktemp("shapes_dataset")
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
-    rng = np.random.default_rng(2024)
-    for split in ("train", "test"):
-        rows = ["image,label"]
-        for k in range(24):
-            h, w = int(rng.integers(72, 141)), int(rng.integers(72, 141))
-            image, boxes, labels = two_objects(rng, h, w)
-            stem = f"{split}_{k:03d}"
-            Image.fromarray(image).save(root / "images" / f"{stem}.png")
-            # the shapes cover pixels x1..x2 inclusive: edges at x1 and x2 + 1
-            lines = [f"{c} {(x1 + x2 + 1) / 2 / w:.6f} {(y1 + y2 + 1) / 2 / h:.6f} {(x2 - x1 + 1) / w:.6f} "
-                     f"{(y2 - y1 + 1) / h:.6f}" for (x1, y1, x2, y2), c in zip(boxes.tolist(), labels.tolist())]
-            (root / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
-            rows.append(f"{stem}.png,{stem}.txt")
-        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 @pytest.fixture(scope="module")

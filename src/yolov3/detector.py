@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolov3.checkpoint_io import load_checkpoint
+from yolov3.anchors import as_anchors, describe_anchors
+from yolov3.checkpoint_io import load_foreign_checkpoint
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS, DEFAULT_SIZE, VOC_CLASSES
+from yolov3.course import COURSE_SETTINGS, read_course_checkpoint
 from yolov3.data.augment import letterbox
 from yolov3.data.sample import Sample
 from yolov3.hparams import grouped_hparams
@@ -43,6 +45,7 @@ class Detector:
         size: input size (multiple of 32) the images are letterboxed to.
         conf_threshold, iou_threshold, max_detections: post-processing settings.
         source: where the weights came from (shown by the CLI and the app).
+        origin: what that file was recognised as, in words (Detector.load says it).
         train_sizes: the input sizes the weights were trained at, when known (the app's
             size slider reaches down to them).
         max_candidates: per image, only the highest-scoring candidates enter NMS (None: all);
@@ -52,20 +55,22 @@ class Detector:
     def __init__(self, model: YOLOv3, anchors: torch.Tensor | None = None, class_names=None,
                  size: int = DEFAULT_SIZE, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
                  max_detections: int = 100, device: str | torch.device = "cpu", score_mode: str = "obj_cls",
-                 source: str = "", train_sizes: tuple[int, ...] = (), max_candidates: int | None = None) -> None:
+                 source: str = "", train_sizes: tuple[int, ...] = (), max_candidates: int | None = None,
+                 origin: str = "") -> None:
         if size % 32 or size < 32:
             raise ValueError(f"size must be a positive multiple of 32, got {size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.anchors = (anchors if anchors is not None else torch.tensor(DEFAULT_ANCHORS)).to(self.device)
+        self.anchors = as_anchors(anchors if anchors is not None else DEFAULT_ANCHORS).to(self.device)
         if class_names is None:
             class_names = VOC_CLASSES if model.num_classes == 20 else [str(c) for c in range(model.num_classes)]
         if len(class_names) != model.num_classes:
-            raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
+            raise ValueError(f"{source + ': ' if source else ''}{len(class_names)} class names for a model with "
+                             f"{model.num_classes} classes")
         self.class_names = tuple(class_names)
         self.size, self.conf_threshold, self.iou_threshold = size, conf_threshold, iou_threshold
         self.max_detections, self.score_mode = max_detections, score_mode
-        self.source = source
+        self.source, self.origin = source, origin
         self.train_sizes = tuple(int(s) for s in train_sizes)
         self.max_candidates = max_candidates
 
@@ -85,7 +90,8 @@ class Detector:
         args = dict(model=self.model, anchors=self.anchors, class_names=self.class_names, size=self.size,
                     conf_threshold=self.conf_threshold, iou_threshold=self.iou_threshold,
                     max_detections=self.max_detections, device=self.device, score_mode=self.score_mode,
-                    source=self.source, train_sizes=self.train_sizes, max_candidates=self.max_candidates)
+                    source=self.source, train_sizes=self.train_sizes, max_candidates=self.max_candidates,
+                    origin=self.origin)
         return Detector(**{**args, **changes})
 
     @classmethod
@@ -93,11 +99,21 @@ class Detector:
         """Load weights from a Lightning checkpoint (.ckpt), a safetensors export (.safetensors)
         or an ONNX export (.onnx, run by ONNX Runtime: see from_onnx).
 
-        None can run code: checkpoints go through torch.load(weights_only=True).
+        The course's checkpoint files load too (yolov3.course: its save_checkpoint `.pth.tar`,
+        its Lightning `.ckpt`, a bare state_dict), recognised from their content, not their
+        name; `origin` says what a file was recognised as.
+
+        None can run code: checkpoints go through torch.load(weights_only=True), and a
+        Lightning checkpoint that pickled objects of other classes (the course's) through a
+        restricted unpickler that puts inert stand-ins in their place and refuses any file
+        whose unpickling would call a function (checkpoint_io.load_foreign_checkpoint).
         A setting left out or given as None takes what the weights say, when they say it
-        (checkpoints of this project's training and their exports do): size -> the size they
-        were evaluated at (else DEFAULT_SIZE); score_mode, iou_threshold, max_detections ->
-        the evaluation's (EVAL_SETTINGS; else "obj_cls", 0.45, 100). A value given wins.
+        (checkpoints of this project's training and their exports do): anchors -> theirs;
+        size -> the size they were evaluated at (else DEFAULT_SIZE); score_mode,
+        iou_threshold, max_detections -> the evaluation's (EVAL_SETTINGS; else "obj_cls",
+        0.45, 100). A course file says none of these: it gets the course's
+        (course.COURSE_SETTINGS: its rounded anchors, objectness-only scores, NMS 0.45, 416).
+        A value given wins; `anchors` may be a set's name ("coco", "course": anchors.as_anchors).
         """
         path = Path(path)
         if not path.is_file():
@@ -112,19 +128,28 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> Detector:
-        """Load a Lightning checkpoint safely (torch.load(weights_only=True): no code runs)."""
-        ckpt = load_checkpoint(path)  # FileNotFoundError, CheckpointError (a ValueError)
-        if "state_dict" not in ckpt:
-            raise ValueError(f"{path}: not a Lightning checkpoint of this project (no state_dict)")
+        """Load a Lightning checkpoint of this project's training or one of the course's files
+        (see load); no code of the file runs. Raises CheckpointError (a ValueError) for an
+        unreadable or refused file, ValueError for one with no YOLOv3 in it; both name it."""
+        loaded = load_foreign_checkpoint(path)  # FileNotFoundError, CheckpointError (a ValueError)
+        ckpt = loaded.content
+        course = read_course_checkpoint(ckpt, path, loaded.stand_ins)
+        if course is not None:
+            model = _strict_model(course.num_classes, course.width, course.state, path)
+            data = {k: v for k, v in COURSE_SETTINGS.items() if k != "anchors"}
+            origin = "; ".join((course.kind, *course.notes))
+            return cls._with_data_defaults(model, COURSE_SETTINGS["anchors"], path, data, kwargs, origin)
+        if not isinstance(ckpt.get("state_dict"), dict):
+            raise ValueError(f"{path}: neither a checkpoint of this project nor one of the course's (no YOLOv3 "
+                             f"state_dict in it; its keys: {', '.join(map(str, list(ckpt)[:8]))})")
         hp = grouped_hparams(ckpt.get("hyper_parameters", {}))  # older checkpoints: flat names
-        model = YOLOv3(num_classes=hp.get("num_classes", 20), width=hp.get("width", 1.0))
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(state)
+        model = _strict_model(hp.get("num_classes", 20), hp.get("width", 1.0), state, path)
         anchors = ckpt["state_dict"].get("anchors")
         data = dict(ckpt.get(DATA_KEY) or {})
         evaluation = hp.get("evaluation") or {}
         data.update({arg: evaluation[key] for key, arg in EVAL_SETTINGS.items() if evaluation.get(key) is not None})
-        return cls._with_data_defaults(model, anchors, path, data, kwargs)
+        return cls._with_data_defaults(model, anchors, path, data, kwargs, "a checkpoint of this project's training")
 
     @classmethod
     def from_safetensors(cls, path: str | Path, **kwargs) -> Detector:
@@ -137,10 +162,9 @@ class Detector:
         except (st.SafetensorError, OSError, ValueError) as exc:
             raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
         data = _data_from_metadata(meta, path, "safetensors")
-        model = YOLOv3(num_classes=len(data["class_names"]), width=data["width"])
         anchors = tensors.pop("anchors", None)
-        model.load_state_dict(tensors)
-        return cls._with_data_defaults(model, anchors, path, data, kwargs)
+        model = _strict_model(len(data["class_names"]), data["width"], tensors, path)
+        return cls._with_data_defaults(model, anchors, path, data, kwargs, _export_origin("a safetensors", data))
 
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int | None = None, **kwargs) -> Detector:
@@ -154,7 +178,8 @@ class Detector:
             raise ValueError(f"{path}: its metadata names {len(data['class_names'])} classes and its heads "
                              f"predict {network.num_classes}")
         anchors = torch.tensor(json.loads(meta["anchors"]), dtype=torch.float32) if "anchors" in meta else None
-        return cls._with_data_defaults(network, anchors, path, data, kwargs)
+        return cls._with_data_defaults(network, anchors, path, data, kwargs,
+                                       _export_origin(f"an {network.precision} ONNX", data))
 
     @property
     def backend(self) -> str:
@@ -183,7 +208,8 @@ class Detector:
                 "parameters": str(self.num_parameters),
                 "image_size": json.dumps(self.size), "train_sizes": json.dumps(list(self.train_sizes)),
                 "score_mode": json.dumps(self.score_mode), "iou_threshold": json.dumps(self.iou_threshold),
-                "max_detections": json.dumps(self.max_detections), "format": "yolov3 detector v1"}
+                "max_detections": json.dumps(self.max_detections), "format": "yolov3 detector v1",
+                "exported_from": json.dumps(self.origin)}
 
     def _require_torch_weights(self) -> None:
         """Exports write the torch weights; raise ValueError (naming the file) without them."""
@@ -221,10 +247,14 @@ class Detector:
         return self._replace(model=network, anchors=self.anchors.cpu(), device="cpu")
 
     @classmethod
-    def _with_data_defaults(cls, model: YOLOv3, anchors, path: Path, data: dict, kwargs: dict) -> Detector:
-        """Build with what the weights say (class names, eval size, training sizes, evaluation
-        settings) as defaults; a keyword given as None counts as not given."""
+    def _with_data_defaults(cls, model: YOLOv3, anchors, path: Path, data: dict, kwargs: dict,
+                            origin: str) -> Detector:
+        """Build with what the weights say (anchors, class names, eval size, training sizes,
+        evaluation settings) as defaults; a keyword given as None counts as not given."""
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        kwargs.setdefault("anchors", anchors)
+        kwargs["anchors"] = as_anchors(kwargs["anchors"] if kwargs["anchors"] is not None else DEFAULT_ANCHORS,
+                                       "anchors")
         kwargs.setdefault("size", int(data.get("image_size", DEFAULT_SIZE)))
         for arg in EVAL_SETTINGS.values():
             if arg in data:
@@ -233,7 +263,13 @@ class Detector:
             kwargs.setdefault("class_names", data["class_names"])
         kwargs.setdefault("train_sizes", tuple(data.get("train_sizes", ())))
         kwargs.setdefault("source", str(path))
-        return cls(model, anchors=anchors, **kwargs)
+        kwargs.setdefault("origin", origin)
+        return cls(model, **kwargs)
+
+    def describe(self) -> str:
+        """One line on what was loaded and how it decodes, for the commands' output."""
+        return (f"weights {self.source or '(in memory)'}: {self.origin or 'a YOLOv3'}; {self.model.num_classes} "
+                f"classes, {describe_anchors(self.anchors.cpu())}, scores {self.score_mode}, input {self.size}")
 
     def save_safetensors(self, path: str | Path) -> None:
         """Write the weights, anchors, width, class names, sizes and the post-processing
@@ -281,6 +317,25 @@ class Detector:
         return [self.to_original(det, info) for det, info in zip(dets, infos)]
 
 
+def _strict_model(num_classes: int, width: float, state: dict[str, torch.Tensor], path) -> YOLOv3:
+    """A YOLOv3 of that shape holding exactly `state` (every key, no other); a ValueError
+    naming the file says which keys are missing or unexpected or of another shape."""
+    model = YOLOv3(num_classes=int(num_classes), width=float(width))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise ValueError(f"{path}: its weights do not fit a YOLOv3 of {num_classes} classes and width {width} "
+                         f"({detail[:400]})") from None
+    return model
+
+
+def _export_origin(kind: str, data: dict) -> str:
+    """"a safetensors export of this project", and what it was made from when it says."""
+    made_from = data.get("exported_from")
+    return f"{kind} export of this project" + (f", made from {made_from}" if made_from else "")
+
+
 def _safetensors():
     """The safetensors package, imported when a .safetensors file is read or written: a Space
     serving ONNX weights does not install it."""
@@ -304,7 +359,7 @@ def _data_from_metadata(meta: dict[str, str], path, kind: str) -> dict:
         raise ValueError(f"{path}: {kind} file without this project's metadata (width, class_names)")
     try:
         data = {"width": float(meta["width"]), "class_names": json.loads(meta["class_names"])}
-        keys = ("image_size", "train_sizes", *EVAL_SETTINGS.values())
+        keys = ("image_size", "train_sizes", "exported_from", *EVAL_SETTINGS.values())
         data.update({k: json.loads(meta[k]) for k in keys if k in meta})
     except ValueError as exc:
         raise ValueError(f"{path}: unreadable metadata in this {kind} file ({exc})") from None

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
+from yolov3.anchors import anchor_set_name, as_anchors, describe_anchors
 from yolov3.checkpoint_io import read_hyperparameters
 from yolov3.constants import DATA_KEY, DEFAULT_ANCHORS
 from yolov3.ema import ModelEMA
@@ -34,7 +35,9 @@ class YoloLitModule(L.LightningModule):
     Args:
         num_classes: number of classes (20 for VOC).
         width: channel multiplier of the model (1.0 = the course's 61.6 M parameters).
-        anchors: (3 scales, 3 anchors, (w, h)) as fractions of the image; default COCO / 416.
+        anchors: (3 scales, 3 anchors, (w, h)) as fractions of the image, or a set's name
+            ("coco": COCO / 416, the default; "course": the course's rounded copy, to
+            fine-tune a course model: yolov3.anchors.as_anchors). Checkpoints keep them.
         optim: Adam and its OneCycleLR schedule, and the EMA of the weights
             (yolov3.hparams.OptimConfig). With optim.ema, validation, test and predict run
             the EMA (`ema.module`), training runs `model`; checkpoints hold the EMA as
@@ -62,7 +65,7 @@ class YoloLitModule(L.LightningModule):
         freeze_backbone_epochs: keep the backbone (Darknet-53) fixed for this many epochs:
             no gradient, BatchNorm statistics frozen (yolov3.pretrained.BackboneFreeze).
 
-    Raises ValueError for anchors not of shape (3, 3, 2), an unknown objectness loss or
+    Raises ValueError for anchors not of shape (3, 3, 2) or not positive, an unknown objectness loss or
     max_nonfinite_steps < 1 or freeze_backbone_epochs < 0; TypeError for a group of the wrong type or with unknown fields.
     """
 
@@ -70,7 +73,7 @@ class YoloLitModule(L.LightningModule):
         self,
         num_classes: int = 20,
         width: float = 1.0,
-        anchors: list[list[list[float]]] | None = None,
+        anchors: list[list[list[float]]] | str | None = None,
         optim: OptimConfig = OptimConfig(),
         loss: LossConfig = LossConfig(),
         evaluation: EvalConfig = EvalConfig(),
@@ -95,10 +98,7 @@ class YoloLitModule(L.LightningModule):
             self.model.init_objectness_bias(self.loss.objectness_prior)
         if channels_last:
             self.model.use_channels_last()
-        anchor_tensor = torch.tensor(anchors if anchors is not None else DEFAULT_ANCHORS, dtype=torch.float32)
-        if anchor_tensor.shape != (3, 3, 2):
-            raise ValueError(f"anchors must be 3 scales x 3 anchors x (w, h), got shape {tuple(anchor_tensor.shape)}")
-        self.register_buffer("anchors", anchor_tensor)
+        self.register_buffer("anchors", as_anchors(anchors if anchors is not None else DEFAULT_ANCHORS, "model.anchors"))
         self.loss_fn = YoloLoss(self.loss.weights, self.loss.objectness)
         accuracy_threshold = self.evaluation.accuracy_threshold
         self.train_acc = CourseAccuracy(accuracy_threshold)
@@ -154,9 +154,14 @@ class YoloLitModule(L.LightningModule):
         """A fresh fit starts from `pretrained`; a resumed one has its weights from the checkpoint.
         The EMA of a new fit starts from the weights as they are then (pretrained ones included)."""
         if self.pretrained and self.trainer.ckpt_path is None:
-            self.pretrained_report = load_pretrained(self.model, self.pretrained)
+            report = self.pretrained_report = load_pretrained(self.model, self.pretrained)
             if self.trainer.is_global_zero:
-                log.info("%s", self.pretrained_report.summary())
+                log.info("%s", report.summary())
+                theirs = report.anchors
+                if theirs is not None and not torch.allclose(theirs, self.anchors.cpu(), atol=1e-4, rtol=0):
+                    log.warning("the pretrained weights were trained with %s and this fit uses %s: their box "
+                                "sizes will be relearnt (--model.anchors %s keeps theirs)", describe_anchors(theirs),
+                                describe_anchors(self.anchors.cpu()), anchor_set_name(theirs) or "<their 18 values>")
         if self.ema is not None and self.ema.updates == 0:
             self.ema.reset(self.model)
 

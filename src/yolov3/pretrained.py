@@ -5,9 +5,10 @@ Files (load_pretrained):
     Darknet `.weights` (yolov3.darknet): darknet53.conv.74, the backbone's 52 convolutions;
         yolov3.weights (COCO), every convolution but the three output ones, which are left
         to the model's own initialisation (COCO's 80 classes are not the model's).
-    this project's checkpoints (.ckpt) and safetensors exports, read as Detector.load reads
-        them (no code runs): everything, except the output convolutions when the class
-        count differs. The width must be the model's.
+    this project's checkpoints (.ckpt) and safetensors exports, and the course's checkpoints
+        (yolov3.course), read as Detector.load reads them (no code runs): everything, except
+        the output convolutions when the class count differs. The width must be the model's.
+        Their anchors are reported: a fit with other anchors starts its boxes afresh.
 
 "Re-initialised" layers are those the file gives nothing for: they keep the values the
 model was built with, so load into a freshly built model (YoloLitModule does, at the start
@@ -41,7 +42,9 @@ class PretrainedReport:
 
     loaded: the model's layers set from the file. reinitialised: the model's layers left at
     their initialisation. skipped: the file's layers not used. kind: "darknet",
-    "checkpoint" or "safetensors"; note: what the file says about itself.
+    "checkpoint" or "safetensors"; note: what the file says about itself (a checkpoint:
+    what it was recognised as, this project's or the course's). anchors: the (3, 3, 2)
+    anchors the weights were trained with, when the file says (a course file: the course's).
     """
 
     source: str
@@ -51,6 +54,7 @@ class PretrainedReport:
     skipped: list[str] = field(default_factory=list)
     note: str = ""
     parts: dict[str, str] = field(default_factory=dict, repr=False)  # layer path -> part name
+    anchors: torch.Tensor | None = field(default=None, repr=False)
 
     def summary(self) -> str:
         """One line for the log: counts by part (backbone, neck, head32...), names when few."""
@@ -102,9 +106,12 @@ def load_pretrained(model: YOLOv3, path: str | os.PathLike) -> PretrainedReport:
     if kind == "onnx":
         raise PretrainedError(f"{path}: an ONNX export holds no trainable weights; start from the .ckpt or "
                               ".safetensors file it was exported from")
-    source = Detector.load(path).model  # CheckpointError / ValueError name the file
-    note = f"width {source.width}, {source.num_classes} classes"
-    return _load(model, source.state_dict(), path, kind, note, other_width=source.width)
+    detector = Detector.load(path)  # CheckpointError / ValueError name the file
+    source = detector.model
+    note = f"{detector.origin}; width {source.width}, {source.num_classes} classes"
+    report = _load(model, source.state_dict(), path, kind, note, other_width=source.width)
+    report.anchors = detector.anchors.cpu()
+    return report
 
 
 def _layer(key: str) -> str:

@@ -33,7 +33,7 @@ from yolov3.commands.requests import (MAX_PIXELS, MAX_SIDE, NOT_A_FILE, UploadEr
                                       not_a_file, setting_value, png_file, save_data_url, described, gradio,
                                       read_upload)
 from yolov3.data.sample import expand_sources
-from yolov3.detector import weights_format
+from yolov3.anchors import describe_anchors
 from yolov3.viz import draw_boxes, render_cam
 
 log = logging.getLogger("yolov3.commands.app")
@@ -107,9 +107,7 @@ class DetectorApp:
         d, m = self.detector, self.detector.model
         params = f"{d.num_parameters:,} parameters · " if d.num_parameters else ""
         source = d.source or "(weights given in memory)"
-        kinds = {"safetensors": "safetensors export", "onnx": f"ONNX export, {d.precision}",
-                 "checkpoint": "Lightning checkpoint, read with torch.load(weights_only=True)"}
-        kind = kinds[weights_format(source)] if Path(source).is_file() else "in memory"
+        kind = d.origin or "in memory"
         sizes = f"trained at {', '.join(map(str, d.train_sizes))} px, " if d.train_sizes else ""
         runs = f"{d.backend} ({d.precision}) on {d.device}"
         explain = ("explanations on torch" if self.explainer is not None else
@@ -117,7 +115,7 @@ class DetectorApp:
         text = (f"**YOLOv3** (Darknet-53 backbone, 3 scales) · width {m.width:g} · {params}"
                 f"{sizes}default input {d.size} px · runs on {runs} · {explain}\n\n"
                 f"**{m.num_classes} classes:** {', '.join(d.class_names)}\n\n"
-                f"**Weights:** `{source}` ({kind})")
+                f"**Weights:** `{source}` ({kind}) · {describe_anchors(d.anchors.cpu())} · scores {d.score_mode}")
         meta = getattr(m, "metadata", {})
         if "map_07_int8" in meta:
             text += (f"\n\n**int8 check:** VOC07 mAP {float(meta['map_07_int8']):.4f} against "

@@ -26,7 +26,8 @@ def command(args: argparse.Namespace) -> None:
         raise SystemExit("yolov3 export: --int8 needs calibration images: --data <dataset root> (its training "
                          "split calibrates, its test split scores) or --data <image files or folders>")
     try:
-        detector = Detector.load(args.weights)
+        detector = Detector.load(args.weights, anchors=args.anchors)
+        print(detector.describe())
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         if args.int8:
             report = _export_int8(detector, args)

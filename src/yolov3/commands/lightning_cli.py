@@ -8,6 +8,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 from jsonargparse._actions import _ActionPrintConfig  # private: tests/test_configs.py notices a change
@@ -18,6 +19,9 @@ from yolov3.checkpoint_io import read_hyperparameters
 from yolov3.checkpoint_plugin import SafeCheckpointIO
 from yolov3.commands.report import print_report, summarise, write_report
 from yolov3.data.datamodule import YoloDataModule
+from yolov3.anchors import describe_anchors
+from yolov3.constants import VOC_CLASSES
+from yolov3.detector import EVAL_SETTINGS, Detector
 from yolov3.hparams import grouped_hparams
 from yolov3.lit import YoloLitModule
 from yolov3.run_dirs import RunFolder, name_run, place_run
@@ -40,12 +44,20 @@ class YoloCLI(LightningCLI):
         parser.default_config_files = [str(DEFAULTS)]
         parser.add_class_arguments(RunFolder, "run")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.add_argument("--weights", type=Optional[str], default=None,
+                            help="validate / test / predict these weights (no training state): a checkpoint, "
+                                 "a .safetensors export or the course's checkpoint (.pth.tar or Lightning "
+                                 ".ckpt, recognised from the content); the model's settings come from the file")
+        parser.add_argument("--anchors", type=Optional[str], default=None,
+                            help="with --weights: decode with these anchors (coco, course or 18 numbers) "
+                                 "instead of the file's (a course file's are the course's)")
 
     def parse_arguments(self, parser, args) -> None:
         """LightningCLI's parse, then the config's `run:` named into its trainer and loggers
         (run_dirs.name_run), so that --print_config shows the folders the run will use.
         jsonargparse prints inside parse_args, so its printing waits for name_run (through
         its private _ActionPrintConfig; tests/test_configs.py notices if that changes)."""
+        self._args = args  # for _given
         with _ActionPrintConfig.skip_print_config():
             super().parse_arguments(parser, args)
         name_run(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
@@ -55,8 +67,12 @@ class YoloCLI(LightningCLI):
         """LightningCLI's: the model's settings come from --ckpt_path's hyper-parameters.
         Ours reads the file the project's way, so a refusal names it without torch's advice
         to load it with weights_only=False, and maps the flat settings of checkpoints written
-        before they were grouped (yolov3.hparams.grouped_hparams)."""
+        before they were grouped (yolov3.hparams.grouped_hparams). With --weights, the
+        settings come from those weights instead (_weights_settings)."""
         subcommand = self.config.get("subcommand")
+        if subcommand and (self.config[subcommand].get("weights") or self.config[subcommand].get("anchors")):
+            self._weights_settings(subcommand)
+            return
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
@@ -70,6 +86,71 @@ class YoloCLI(LightningCLI):
         except SystemExit:
             sys.stderr.write(f"{ckpt_path}: its hyper-parameters do not fit the model's arguments\n")
             raise
+
+    def _weights_settings(self, subcommand: str) -> None:
+        """`--weights`: load them (Detector.load: any format it reads, the course's included)
+        and take from them the model's width, its anchors and evaluation settings (score
+        mode, NMS IoU, detections per image) and the data's class names and size, each unless
+        a config or the command line sets it (`--anchors` or `--model.anchors` for the
+        anchors). The weights go into the model in before_validate / before_test / before_predict."""
+        config = self.config[subcommand]
+        weights = config.get("weights")
+        if subcommand == "fit":
+            raise SystemExit("yolov3 fit: --weights and --anchors are for validate / test / predict; a fit starts "
+                             "from weights with --model.pretrained, with anchors from --model.anchors")
+        if not weights:
+            raise SystemExit(f"yolov3 {subcommand}: --anchors applies to --weights")
+        if config.get("ckpt_path"):
+            raise SystemExit(f"yolov3 {subcommand}: give --weights or --ckpt_path, not both")
+        given = self._given(subcommand)
+        names = config.data.get("class_names")
+        try:
+            detector = Detector.load(weights, anchors=config.get("anchors") or _get(given, "model", "anchors"),
+                                     class_names=names)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"yolov3 {subcommand}: {exc}") from None
+        if detector.backend != "torch":
+            raise SystemExit(f"yolov3 {subcommand}: {weights} is an ONNX export; {subcommand} runs the torch "
+                             "weights (.ckpt, .safetensors or a course checkpoint)")
+        self._weights = detector
+        evaluation = {name: getattr(detector, arg) for name, arg in EVAL_SETTINGS.items()
+                      if _get(given, "model", "evaluation", name) is None}
+        model = {"width": detector.model.width, "evaluation": evaluation, "anchors": detector.anchors.cpu().tolist()}
+        data = {}
+        if not names and list(detector.class_names) != list(VOC_CLASSES):
+            data["class_names"] = list(detector.class_names)
+        if _get(given, "data", "image_size") is None:
+            data["image_size"] = detector.size
+        self.config = self.parser.parse_object({subcommand: {"model": model, "data": data}}, self.config)
+
+    def _given(self, subcommand: str):
+        """What the config files and the command line set for this subcommand (no defaults)."""
+        args = self._args if self._args is not None else sys.argv[1:]
+        if not isinstance(args, (list, tuple)):  # a dict or Namespace given in Python: all of it is given
+            return self.config[subcommand]
+        return self.parser.parse_args(list(args), defaults=False).get(subcommand)
+
+    def _load_weights(self) -> None:
+        """Put --weights into the instantiated model (and its EMA copy, which evaluation runs),
+        and say what runs: the file, what it was recognised as, the settings."""
+        detector = getattr(self, "_weights", None)
+        if detector is None:
+            return
+        state = detector.model.state_dict()
+        for net in (self.model.model, *((self.model.ema.module,) if self.model.ema is not None else ())):
+            net.load_state_dict(state)
+        m, size = self.model, getattr(self.datamodule, "image_size", "?")
+        print(f"weights {detector.source}: {detector.origin}; {m.model.num_classes} classes, "
+              f"{describe_anchors(m.anchors.cpu())}, scores {m.evaluation.score_mode}, input {size}")
+
+    def before_validate(self) -> None:
+        self._load_weights()
+
+    def before_test(self) -> None:
+        self._load_weights()
+
+    def before_predict(self) -> None:
+        self._load_weights()
 
     def instantiate_trainer(self, **kwargs):
         """Every trainer writes checkpoints atomically and reads them without running code
@@ -108,6 +189,15 @@ class YoloCLI(LightningCLI):
             config_name = place_run(config, self.subcommand)
             if config_name:
                 self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": config_name}
+
+
+def _get(namespace, *keys):
+    """namespace[k1][k2]... or None where a level is missing."""
+    for key in keys:
+        if namespace is None:
+            return None
+        namespace = namespace.get(key) if hasattr(namespace, "get") else None
+    return namespace
 
 
 def resolve_precision(precision, accelerator) -> str | int | None:

@@ -16,8 +16,9 @@ from yolov3.onnx_backend import CALIB_METHODS
 def _add_detector_args(p: argparse.ArgumentParser, weights_required: bool = True) -> None:
     """The options every command that runs a Detector takes."""
     p.add_argument("--weights", required=weights_required,
-                   help="a .ckpt checkpoint, or a .safetensors or .onnx export"
-                        + ("" if weights_required else " (default: the demo's runs/demo/checkpoints/best.ckpt)"))
+                   help=WEIGHTS_HELP + ("" if weights_required else
+                                        " (default: the demo's runs/demo/checkpoints/best.ckpt)"))
+    _add_anchors_arg(p)
     p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=None,
                    help="NMS IoU threshold (default: the one the weights were evaluated with, else 0.45)")
@@ -25,6 +26,17 @@ def _add_detector_args(p: argparse.ArgumentParser, weights_required: bool = True
                    help="input size, a multiple of 32 (default: the size the weights were evaluated at, else 416)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default: cuda when there is one; the onnxruntime backend runs on the cpu)")
+
+
+WEIGHTS_HELP = ("a .ckpt checkpoint, a .safetensors or .onnx export, or the course's checkpoint (its "
+                "save_checkpoint .pth.tar or Lightning .ckpt), recognised from the content")
+
+
+def _add_anchors_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--anchors", default=None,
+                   help="decode with these anchors: coco (COCO / 416), course (the course's, rounded) or 18 "
+                        "numbers w h ... (fractions of the image, stride-32 head first); default: the ones the "
+                        "weights were trained with (the course's for a course checkpoint)")
 
 
 def _add_backend_arg(p: argparse.ArgumentParser, note: str = "") -> None:
@@ -128,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Writes the weights with the detector's settings (class names, sizes, NMS) "
                                    "as .safetensors or .onnx (from the --out suffix); --int8 quantises the ONNX "
                                    "model, calibrated on --data images, and scores it against float32.")
-    p.add_argument("--weights", required=True, help="a .ckpt checkpoint or a .safetensors export")
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP + " (not .onnx)")
+    _add_anchors_arg(p)
     p.add_argument("--out", required=True, help="the file to write (.safetensors or .onnx)")
     p.add_argument("--format", choices=("safetensors", "onnx"), default=None,
                    help="default: from the --out suffix")
@@ -140,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "requirements, README with the Space header) ready to upload",
                        description="The Space serves `yolov3 app` on a CPU. The default weights are int8 ONNX, "
                                    "quantised here from torch weights with --data images.")
-    p.add_argument("--weights", required=True, help="a .ckpt checkpoint, a .safetensors export or an .onnx export")
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
+    _add_anchors_arg(p)
     p.add_argument("--out", required=True, help="the folder to write (new or empty)")
     p.add_argument("--format", choices=("onnx-int8", "onnx", "safetensors"), default="onnx-int8",
                    help="the weights the Space serves (default onnx-int8; explanations need safetensors)")

@@ -114,7 +114,7 @@ def command(args: argparse.Namespace) -> None:
         weights = str(DEMO_WEIGHTS)
     try:
         detector = Detector.load(weights, size=args.size, conf_threshold=args.conf, iou_threshold=args.iou,
-                                 device=args.device)
+                                 device=args.device, anchors=args.anchors)
         # detections from ONNX Runtime, explanations from the torch weights when there are any
         explainer = detector if detector.backend == "torch" else None
         if args.backend is not None:
@@ -124,8 +124,8 @@ def command(args: argparse.Namespace) -> None:
         raise SystemExit(f"yolov3 app: {exc}") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("the app listens on %s: anyone who can reach this machine can use it", args.host)
-    print(f"weights {weights}; {len(examples)} example images; serving on http://{args.host}:{args.port} "
-          "(Ctrl+C stops)")
+    print(detector.describe())
+    print(f"{len(examples)} example images; serving on http://{args.host}:{args.port} (Ctrl+C stops)")
     serve(DetectorApp(detector, examples, explainer=explainer), host=args.host, port=args.port,
           concurrency=args.concurrency,
           max_queue=args.max_queue)
