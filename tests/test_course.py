@@ -191,3 +191,49 @@ def test_yolov3_test_scores_a_course_checkpoint(trained_detector, shapes_root, t
     assert abs(direct["map_07"] - report["summary"]["map_07"]) < 1e-4
     assert abs(direct["map_2010"] - report["summary"]["map_2010"]) < 1e-4
     assert os.path.isfile(results)
+
+
+def test_the_commands_take_a_course_file_and_say_what_it_is(small_model, shape_images, tmp_path, capsys):
+    path = write_save_checkpoint(small_model, tmp_path / "my_checkpoint.pth.tar")
+    main(["detect", str(shape_images[0]), "--weights", str(path), "--out", str(tmp_path / "det"), "--size", "96"])
+    printed = capsys.readouterr().out
+    assert "the course's save_checkpoint file" in printed and "the course's anchors" in printed
+    assert (tmp_path / "det" / "detections.json").is_file()
+    main(["detect", str(shape_images[0]), "--weights", str(path), "--out", str(tmp_path / "det2"), "--size", "96",
+          "--anchors", "coco"])
+    assert "the COCO anchors / 416" in capsys.readouterr().out
+    main(["export", "--weights", str(path), "--out", str(tmp_path / "c.safetensors")])
+    assert "the course's save_checkpoint file" in capsys.readouterr().out
+    exported = Detector.load(tmp_path / "c.safetensors")
+    assert anchor_set_name(exported.anchors) == "course" and exported.score_mode == "obj"
+    with pytest.raises(SystemExit):
+        main(["detect", str(shape_images[0]), "--weights", str(path), "--out", str(tmp_path / "d3"),
+              "--anchors", "0.1,0.2"])
+    assert "argument --anchors: 2 numbers given; 18 are needed" in capsys.readouterr().err
+    assert not (tmp_path / "d3").exists()
+
+
+def test_fine_tuning_from_a_course_file_reports_it_and_its_anchors(small_model, tmp_path):
+    from yolov3.pretrained import load_pretrained
+
+    path = write_save_checkpoint(small_model, tmp_path / "my_checkpoint.pth.tar")
+    target = YOLOv3(num_classes=3, width=0.125)
+    report = load_pretrained(target, path)
+    assert "the course's save_checkpoint file" in report.summary()
+    assert anchor_set_name(report.anchors) == "course"
+    assert len(report.loaded) == 72 and len(report.reinitialised) == 3  # all but the 3 output convolutions
+    assert torch.equal(target.layers[0].conv.weight, small_model.layers[0].conv.weight)
+
+
+def test_checkpoints_of_this_project_keep_their_anchors(tmp_path):
+    """A model trained with the course's anchors (--model.anchors course) is decoded with them."""
+    from yolov3.lit import YoloLitModule
+
+    module = YoloLitModule(width=0.0625, anchors="course", evaluation={"score_mode": "obj"})
+    path = tmp_path / "trained_with_course_anchors.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    detector = Detector.load(path)
+    assert "this project's training" in detector.origin
+    assert anchor_set_name(detector.anchors) == "course" and detector.score_mode == "obj"
+    detector.save_safetensors(tmp_path / "e.safetensors")
+    assert anchor_set_name(Detector.load(tmp_path / "e.safetensors").anchors) == "course"

@@ -19,7 +19,7 @@ from yolov3.checkpoint_io import read_hyperparameters
 from yolov3.checkpoint_plugin import SafeCheckpointIO
 from yolov3.commands.report import print_report, summarise, write_report
 from yolov3.data.datamodule import YoloDataModule
-from yolov3.anchors import describe_anchors
+from yolov3.anchors import as_anchors, describe_anchors
 from yolov3.constants import VOC_CLASSES
 from yolov3.detector import EVAL_SETTINGS, Detector
 from yolov3.hparams import grouped_hparams
@@ -105,8 +105,10 @@ class YoloCLI(LightningCLI):
         given = self._given(subcommand)
         names = config.data.get("class_names")
         try:
-            detector = Detector.load(weights, anchors=config.get("anchors") or _get(given, "model", "anchors"),
-                                     class_names=names)
+            anchors = as_anchors(config.anchors, "--anchors") if config.get("anchors") else None
+            if anchors is None:
+                anchors = _get(given, "model", "anchors")  # a config's or --model.anchors
+            detector = Detector.load(weights, anchors=anchors, class_names=names)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"yolov3 {subcommand}: {exc}") from None
         if detector.backend != "torch":

@@ -8,6 +8,7 @@ import argparse
 
 import torch
 
+from yolov3.anchors import AnchorError, as_anchors
 from yolov3.cam import METHODS as CAM_METHODS
 from yolov3.deploy import CALIB_IMAGES
 from yolov3.onnx_backend import CALIB_METHODS
@@ -32,8 +33,16 @@ WEIGHTS_HELP = ("a .ckpt checkpoint, a .safetensors or .onnx export, or the cour
                 "save_checkpoint .pth.tar or Lightning .ckpt), recognised from the content")
 
 
+def _anchors(value: str):
+    """--anchors, read when the arguments are parsed: an error names the option and stops early."""
+    try:
+        return as_anchors(value, "--anchors")
+    except AnchorError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--anchors: ")) from None
+
+
 def _add_anchors_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--anchors", default=None,
+    p.add_argument("--anchors", default=None, type=_anchors,
                    help="decode with these anchors: coco (COCO / 416), course (the course's, rounded) or 18 "
                         "numbers w h ... (fractions of the image, stride-32 head first); default: the ones the "
                         "weights were trained with (the course's for a course checkpoint)")
