@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from course_files import LOSS_MODULE, write_lightning, write_save_checkpoint
+from course_files import COURSE, LOSS, write_lightning, write_save_checkpoint
 
 from yolov3.anchors import AnchorError, anchor_set_name, as_anchors
 from yolov3.checkpoint_io import CheckpointError
@@ -57,10 +57,10 @@ def test_the_name_does_not_matter(small_model, tmp_path):
 
 def test_lightning_file_loads_with_stand_ins_and_runs_nothing(small_model, tmp_path):
     path = write_lightning(small_model, tmp_path / "epoch=39.ckpt", tmp_path / "course_code")
-    assert LOSS_MODULE not in sys.modules
+    assert COURSE not in sys.modules
     detector = Detector.load(path)
-    assert LOSS_MODULE not in sys.modules  # its module was never imported
-    assert "Lightning" in detector.origin and f"{LOSS_MODULE}.YoloLoss" in detector.origin
+    assert COURSE not in sys.modules and LOSS not in sys.modules  # its code was never imported
+    assert "Lightning" in detector.origin and f"{LOSS}.YoloLoss" in detector.origin
     assert "stand-ins" in detector.origin and "scaled_anchors" not in detector.origin  # the course's at 416
     assert same_weights(detector.model, small_model)
     assert anchor_set_name(detector.anchors) == "course" and detector.score_mode == "obj"

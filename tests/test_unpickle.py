@@ -10,80 +10,20 @@ import os
 import pathlib
 import pickle
 import pickletools
-import shutil
 import struct
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from course_files import COURSE, LOSS, CourseCode
+
 from yolov3 import unpickle
 from yolov3.checkpoint_io import CheckpointError, ForeignCheckpoint, load_checkpoint, load_foreign_checkpoint
 from yolov3.unpickle import RefusedCall, StandIn, StandInAttribute, stand_in_class
-
-COURSE = "YOLO_V3"  # the course's package name; its loss lives in YOLO_V3.yolo_v3_utils.loss
-LOSS = f"{COURSE}.yolo_v3_utils.loss"
-
-COURSE_LOSS_SOURCE = '''
-from torch import nn
-
-
-class YoloLoss(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.mse = nn.MSELoss()
-        self.bce = nn.BCEWithLogitsLoss()
-        self.entropy = nn.CrossEntropyLoss()
-        self.sigmoid = nn.Sigmoid()
-        self.lambda_class, self.lambda_noobj, self.lambda_obj, self.lambda_box = 1, 10, 1, 10
-
-
-class OldOneCycle:
-    """As torch < 2.2's OneCycleLR: a bound method among its attributes (pickled as getattr)."""
-
-    def __init__(self):
-        self.total_steps = 10
-        self.anneal_func = self._annealing_cos
-
-    def _annealing_cos(self, start, end, pct):
-        return end
-
-
-class Holder:
-    """Any object of the course's code, carrying what a test gives it."""
-
-    def __init__(self, **attributes):
-        self.__dict__.update(attributes)
-'''
-
-
-class CourseCode:
-    """The course's package, importable while a test makes its objects; remove() takes it out of
-    sys.modules and off the disk, so a loader that tried to import it would fail."""
-
-    def __init__(self, root: pathlib.Path) -> None:
-        self.root = root
-        package = root / COURSE / "yolo_v3_utils"
-        package.mkdir(parents=True)
-        (root / COURSE / "__init__.py").write_text("")
-        (package / "__init__.py").write_text("")
-        (package / "loss.py").write_text(textwrap.dedent(COURSE_LOSS_SOURCE))
-        sys.path.insert(0, str(root))
-        self.loss = importlib.import_module(LOSS)
-
-    def remove(self) -> None:
-        for name in [m for m in sys.modules if m == COURSE or m.startswith(COURSE + ".")]:
-            del sys.modules[name]
-        if str(self.root) in sys.path:
-            sys.path.remove(str(self.root))
-        sys.path_importer_cache.pop(str(self.root), None)
-        shutil.rmtree(self.root / COURSE, ignore_errors=True)
-        importlib.invalidate_caches()
-
 
 @pytest.fixture
 def course(tmp_path):
