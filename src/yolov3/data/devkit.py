@@ -11,7 +11,15 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from yolov3.data.records import LayoutReader, Record, check_and_clip, finite_number, read_text
+from yolov3.data.records import (
+    LayoutReader,
+    Record,
+    check_and_clip,
+    file_key,
+    finite_number,
+    merge_repeats,
+    read_text,
+)
 from yolov3.data.sample import DataError
 
 __all__ = ["VOCDevkit", "looks_like_split_spec", "parse_split_spec"]
@@ -50,6 +58,31 @@ def _find_year_dir(root: Path, year: str) -> Path | None:
     return None
 
 
+def _listed_twice(
+    year_dir: Path, image_id: str, where: tuple[Path, int], first_image: dict, first_xml: dict
+) -> str | None:
+    """The message for an id whose image file an earlier line listed (in this ImageSets file or
+    another part of the spec such as 2007-train+2007-trainval), under this id or another that
+    reaches the same file (see file_key), or whose annotation file is an earlier id's (a
+    symlink: one image's objects would be counted on both); None for a new image, whose files
+    are then remembered in first_image / first_xml (file key -> (list file, line, id))."""
+    list_path, n = where
+    key = file_key(year_dir / "JPEGImages" / f"{image_id}.jpg")
+    seen = first_image.get(key)
+    if seen is not None:
+        same = "" if seen[2] == image_id else f" (as id {seen[2]!r} there: the same file)"
+        return (f"{list_path}:{n}: image id {image_id!r} is listed twice, at {seen[0]}:{seen[1]} and "
+                f"{list_path}:{n}{same} (each epoch would train on it twice)")
+    xml_key = file_key(year_dir / "Annotations" / f"{image_id}.xml")
+    other = first_xml.get(xml_key)
+    if other is not None:
+        return (f"{list_path}:{n}: the annotation file of id {image_id!r} is the one of id {other[2]!r} "
+                f"(listed at {other[0]}:{other[1]}), the same file: its objects would be counted on both "
+                f"images (each image needs its own XML)")
+    first_image[key] = first_xml[xml_key] = (list_path, n, image_id)
+    return None
+
+
 def _xml_number(elem: ET.Element, tag: str, where: str) -> float:
     text = elem.findtext(tag)
     if text is None or not text.strip():
@@ -74,15 +107,23 @@ class VOCDevkit(LayoutReader):
     wide, not empty. (Darknet's voc_label.py, which made the Kaggle layout's labels, writes
     centre (xmin+xmax)/2 - 1 and width xmax - xmin, i.e. the box [xmin-1, xmax-1]: one pixel
     narrower and shorter than this.) `difficult` objects are kept and flagged.
+
+    Counted once: an <object> that repeats an earlier one of its XML (same <name>, the same
+    box to DUPLICATE_TOLERANCE_PX; <truncated>, <pose>, <occluded>, which this reader does not
+    keep, may differ) is dropped and listed in `duplicate_boxes` (records.py); the kept copy
+    is difficult only if every copy is, since a copy without the flag says the object is to be
+    found. The devkit's VOCevaldet would count both copies, the second a positive no detection
+    can match; the official annotations have no such repeats. An image listed twice in the
+    split (one ImageSets file, two parts of the spec, or two ids that reach one file through a
+    symlink) is a DataError naming both lines (skip_bad: the later line is skipped).
     """
 
     default_split = "2007-trainval+2012-trainval"
 
     def _list_items(self, skip_bad: bool, skipped: list[str]) -> tuple[list[tuple[Path, str, Path, int]], str]:
         items: list[tuple[Path, str, Path, int]] = []
-        # (year folder, id) -> where it was first listed: an id listed twice (in one ImageSets
-        # file, or in two parts of the spec such as 2007-train+2007-trainval) is an error.
-        first_seen: dict[tuple[Path, str], tuple[Path, int]] = {}
+        first_image: dict[object, tuple[Path, int, str]] = {}
+        first_xml: dict[object, tuple[Path, int, str]] = {}
         # All ImageSets files are read before any image, so a split-level mistake (a typo in
         # the spec, a missing year) fails at once instead of after minutes of header reads.
         for year, image_set in parse_split_spec(self.split):
@@ -98,28 +139,34 @@ class VOCDevkit(LayoutReader):
             if not ids:
                 raise DataError(f"{list_path}: ImageSets file lists no images (empty split)")
             for n, image_id in ids:
-                seen = first_seen.get((year_dir, image_id))
-                if seen is not None:
-                    msg = (
-                        f"{list_path}:{n}: image id {image_id!r} is listed twice, at {seen[0]}:{seen[1]} "
-                        f"and {list_path}:{n} (each epoch would train on it twice)"
-                    )
+                msg = _listed_twice(year_dir, image_id, (list_path, n), first_image, first_xml)
+                if msg:
                     if not skip_bad:
                         raise DataError(msg)
                     skipped.append(msg)
                     continue
-                first_seen[(year_dir, image_id)] = (list_path, n)
                 items.append((year_dir, image_id, list_path, n))
         return items, f"{self.root} split {self.split!r}"
 
-    def _build(self, item: tuple[Path, str, Path, int]) -> tuple[Record, int]:
+    def _build(self, item: tuple[Path, str, Path, int]) -> tuple[Record, int, list[str]]:
         year_dir, image_id, list_path, lineno = item
         listed = f"(listed at {list_path}:{lineno})"
         image_path = year_dir / "JPEGImages" / f"{image_id}.jpg"
         xml_path = year_dir / "Annotations" / f"{image_id}.xml"
-        width, height, orientation = self._decode_size(image_path, listed)
+        width, height, orientation, digest = self._decode_size(image_path, listed)
         boxes, labels, difficult = self._parse_xml(xml_path, width, height, listed)
-        return Record(image_path, boxes, labels, difficult, width, height), orientation
+        keep, repeats = merge_repeats(boxes, labels, difficult)
+        flags = [difficult[k] for k in keep]
+        notes = []
+        for i, j, differs in repeats:
+            note = f"{xml_path}: object {i} repeats object {j} (0-based)"
+            if differs:
+                # one copy says difficult, the other not: the object is kept as one to be found
+                flags[keep.index(j)] = False
+                note += " except for <difficult> (kept as not difficult)"
+            notes.append(note)
+        record = Record(image_path, [boxes[k] for k in keep], [labels[k] for k in keep], flags, width, height, digest)
+        return record, orientation, notes
 
     def _parse_xml(
         self, path: Path, width: int, height: int, listed: str

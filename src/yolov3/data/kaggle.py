@@ -7,10 +7,17 @@ data/records.py; every bad input is a DataError naming the file and line.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
-from yolov3.data.records import LayoutReader, Record, check_and_clip, finite_number, read_text
+from yolov3.data.records import (
+    LayoutReader,
+    Record,
+    check_and_clip,
+    file_key,
+    finite_number,
+    merge_repeats,
+    read_text,
+)
 from yolov3.data.sample import IMAGE_SUFFIXES, DataError
 
 __all__ = ["KaggleVOC"]
@@ -46,6 +53,12 @@ class KaggleVOC(LayoutReader):
     that), and (b) writes boxes one pixel narrower and shorter than the devkit's ([xmin-1,
     xmax-1] in 1-based XML terms, where VOCDevkit reads [xmin-1, xmax]). Both are left as the
     labels have them: this reader cannot know which tool wrote a label file.
+
+    Counted once: a label line that repeats an earlier line of its file (same class, the same
+    box to DUPLICATE_TOLERANCE_PX, whatever the spelling of its numbers: `0.5` and `0.500000`)
+    is dropped and listed in `duplicate_boxes` (records.py); an image file listed twice, under
+    any spelling, and a label file with boxes that two images list, are DataErrors naming both
+    CSV lines (skip_bad: the later line is skipped). Images may share an empty label file.
     """
 
     default_split = "train.csv"
@@ -70,13 +83,16 @@ class KaggleVOC(LayoutReader):
     def _read_csv(self, skip_bad: bool, skipped: list[str]) -> list[tuple[int, str, str]]:
         """Rows (line number, image name, label name) in file order, header and blanks dropped.
 
-        A row of other than 2 fields, or one that lists an image an earlier row listed, is a
-        DataError naming the line (with skip_bad: skipped; of a repeated image the first row
-        is kept), since training on an image twice per epoch is never what a split means.
+        A row of other than 2 fields, one that lists an image an earlier row listed (the same
+        file under any name: `./a.jpg`, a symlink, a hard link), or one whose label file an
+        earlier row listed when that file has boxes, is a DataError naming the line (with
+        skip_bad: skipped; the first row is kept), since training on an image, or a box,
+        twice per epoch is never what a split means.
         """
         text = read_text(self.csv_path, "split CSV file")
         rows: list[tuple[int, str, str]] = []
-        first_seen: dict[str, int] = {}
+        first_image: dict[object, tuple[int, str]] = {}
+        first_label: dict[object, tuple[int, str]] = {}
         first = True
         # Line numbers are counted on physical lines; this CSV never has quoted newlines.
         for lineno, line in enumerate(text.splitlines(), start=1):
@@ -97,21 +113,39 @@ class KaggleVOC(LayoutReader):
                     raise DataError(msg)
                 skipped.append(msg)
                 continue
-            key = os.path.normpath(fields[0]) if fields[0] else ""
-            if key and key in first_seen:
-                msg = (
-                    f"{self.csv_path}:{lineno}: image {fields[0]!r} is listed twice, at lines "
-                    f"{first_seen[key]} and {lineno} (each epoch would train on it twice)"
-                )
+            msg = self._listed_twice(lineno, fields[0], fields[1], first_image, first_label)
+            if msg:
                 if not skip_bad:
                     raise DataError(msg)
                 skipped.append(msg)
                 continue
-            first_seen.setdefault(key, lineno)
             rows.append((lineno, fields[0], fields[1]))
         return rows
 
-    def _build(self, row: tuple[int, str, str]) -> tuple[Record, int]:
+    def _listed_twice(self, lineno: int, image: str, label: str, first_image: dict, first_label: dict) -> str | None:
+        """The message for a row whose image file, or whose label file with boxes, an earlier
+        row listed; None for a new row, whose files are then remembered. Empty fields are left
+        to _build, which names them."""
+        image_key = file_key(self.root / "images" / image) if image else None
+        seen = first_image.get(image_key)
+        if seen is not None:
+            same = "" if seen[1] == image else f" (as {seen[1]!r} there: the same file)"
+            return (f"{self.csv_path}:{lineno}: image {image!r} is listed twice, at lines {seen[0]} and "
+                    f"{lineno}{same} (each epoch would train on it twice)")
+        label_path = self.root / "labels" / label
+        label_key = file_key(label_path) if label else None
+        seen_label = first_label.get(label_key)
+        if seen_label is not None and _has_lines(label_path):
+            return (f"{self.csv_path}:{lineno}: label file {label!r} is listed twice, for image {seen_label[1]!r} "
+                    f"at line {seen_label[0]} and image {image!r} at line {lineno}: its boxes would be counted "
+                    f"on both images (each image needs its own label file; only an empty one may be shared)")
+        if image_key is not None:
+            first_image[image_key] = (lineno, image)
+        if label_key is not None and seen_label is None:
+            first_label[label_key] = (lineno, image)
+        return None
+
+    def _build(self, row: tuple[int, str, str]) -> tuple[Record, int, list[str]]:
         lineno, image_name, label_name = row
         listed = f"(listed at {self.csv_path}:{lineno})"
         image_path = self.root / "images" / image_name
@@ -120,20 +154,26 @@ class KaggleVOC(LayoutReader):
             raise DataError(f"{self.csv_path}:{lineno}: empty image field")
         if not label_name:
             raise DataError(f"{self.csv_path}:{lineno}: empty label field")
-        width, height, orientation = self._decode_size(image_path, listed)
+        width, height, orientation, digest = self._decode_size(image_path, listed)
         if not label_path.exists():
             raise DataError(f"{label_path}: label file not found {listed}")
-        boxes, labels = self._parse_labels(label_path, width, height)
-        return Record(image_path, boxes, labels, [False] * len(labels), width, height), orientation
+        boxes, labels, lines = self._parse_labels(label_path, width, height)
+        keep, repeats = merge_repeats(boxes, labels, [False] * len(labels))
+        notes = [f"{label_path}:{lines[i]} repeats line {lines[j]}" for i, j, _ in repeats]
+        record = Record(image_path, [boxes[k] for k in keep], [labels[k] for k in keep], [False] * len(keep),
+                        width, height, digest)
+        return record, orientation, notes
 
     def _parse_labels(
         self, path: Path, width: int, height: int
-    ) -> tuple[list[tuple[float, float, float, float]], list[int]]:
-        """Parse a label file into pixel boxes for a width x height image (empty file: no boxes)."""
+    ) -> tuple[list[tuple[float, float, float, float]], list[int], list[int]]:
+        """Parse a label file into pixel boxes for a width x height image (empty file: no boxes),
+        their class ids and the line each is on."""
         text = read_text(path, "label file")
         n_cls = len(self.class_names)
         boxes: list[tuple[float, float, float, float]] = []
         labels: list[int] = []
+        lines: list[int] = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             fields = line.split()
             if not fields:
@@ -159,4 +199,14 @@ class KaggleVOC(LayoutReader):
                    (xc + w / 2) * width, (yc + h / 2) * height)
             boxes.append(check_and_clip(box, width, height, self.box_tolerance, where))
             labels.append(int(cls))
-        return boxes, labels
+            lines.append(lineno)
+        return boxes, labels, lines
+
+
+def _has_lines(path: Path) -> bool:
+    """Whether a label file has a non-blank line (a box, or an error _build will name); a missing
+    or unreadable file is left to _build too."""
+    try:
+        return any(line.strip() for line in path.read_bytes().splitlines())
+    except OSError:
+        return False
