@@ -24,8 +24,14 @@ def _num(v) -> float | None:
     return None if math.isnan(v) else v
 
 
+NO_GROUND_TRUTH = ("this split has no ground truth (no box that is not difficult): every AP and the mAP are n/a, "
+                   "not scores")
+
+
 def summarise(metrics: dict, results: dict, class_names: Sequence[str]) -> dict:
-    """Plain-JSON summary: logged test metrics ("test/class_acc", ...) and DetectionMAP results."""
+    """Plain-JSON summary: logged test metrics ("test/class_acc", ...) and DetectionMAP results.
+    "ground_truth" is the split's number of boxes that count as positives; with none, "note"
+    says so (NO_GROUND_TRUTH), since the mAPs are then n/a."""
     voc = results["voc"]
     per_class = []
     for c, name in enumerate(class_names):
@@ -39,7 +45,11 @@ def summarise(metrics: dict, results: dict, class_names: Sequence[str]) -> dict:
     summary.update({k: _num(results[k]) for k, _ in MAPS if k in results})
     if "test/loss" in metrics:
         summary["loss"] = _num(metrics["test/loss"])
-    return {"summary": summary, "images": results["num_images"], "per_class": per_class}
+    report = {"summary": summary, "images": results["num_images"], "per_class": per_class,
+              "ground_truth": sum(row["positives"] for row in per_class)}
+    if report["ground_truth"] == 0:
+        report["note"] = NO_GROUND_TRUTH
+    return report
 
 
 def print_report(report: dict, title: str = "Test split") -> None:
@@ -58,6 +68,8 @@ def print_report(report: dict, title: str = "Test split") -> None:
     if s.get("loss") is not None:
         table.add_row("loss", f"{s['loss']:.3f}")
     console.print(table)
+    if report.get("note"):
+        console.print(f"[bold yellow]{report['note']}[/]")
     per = Table(title="Per-class AP@0.5 (%)")
     for col in ("class", "VOC07", "VOC2010+", "positives", "TP", "detections"):
         per.add_column(col, justify="left" if col == "class" else "right")

@@ -27,6 +27,7 @@ from yolov3.data.records import DetectionSource
 from yolov3.data.sample import Sample
 from yolov3.data.samplers import EvalBatchSampler, TrainBatchSampler
 from yolov3.data.sources import open_source
+from yolov3.data.split_checks import check_eval_split, check_training_split, shared_images
 
 log = logging.getLogger("yolov3.data")
 
@@ -73,6 +74,12 @@ class YoloDataModule(L.LightningDataModule):
         augment: training augmentation settings (mosaic, geometry, flip, colour).
         seed: seeds the split, the shuffling, the batch sizes and the augmentation (each
             process and each worker gets its own stream derived from it).
+
+    setup checks what the splits hold (data/split_checks.py): a training split without a box
+    is a DataError; an evaluation split without ground truth, classes without boxes, and
+    images that two splits share (compared among the splits this DataModule has set up: fit
+    compares train and val; test, after a fit in the same process, compares test with both)
+    each get a warning, also kept in `split_notes`.
     """
 
     def __init__(
@@ -122,6 +129,8 @@ class YoloDataModule(L.LightningDataModule):
         self.val_set: DetectionDataset | None = None
         self.test_set: DetectionDataset | None = None
         self._resume_at: tuple[int, int] | None = None
+        self.split_notes: list[str] = []
+        self._names: dict[str, str] = {}
 
     @property
     def num_classes(self) -> int:
@@ -138,12 +147,40 @@ class YoloDataModule(L.LightningDataModule):
             else:
                 train_src, val_src = _holdout(train_src, self.val_fraction, self.seed)
             log.info("train: %d images, val: %d images", len(train_src), len(val_src))
+            self._check_fit_splits(train_src, val_src, training=stage != "validate")
             self.train_set = DetectionDataset(train_src, True, self.augment, self.cache_images, self.seed,
                                               max_side=max(self.train_sizes),
                                               cache_dir=self.cache_dir or Path(self.root) / ".yolov3-cache")
             self.val_set = DetectionDataset(val_src, False, cache_images=self._eval_cache)
         if stage in ("test", None) and self.test_set is None:
-            self.test_set = DetectionDataset(self._open(self.test_split), False, cache_images=self._eval_cache)
+            test_src = self._open(self.test_split)
+            self._check_test_split(test_src)
+            self.test_set = DetectionDataset(test_src, False, cache_images=self._eval_cache)
+
+    def _check_fit_splits(self, train_src: Sequence[Sample], val_src: Sequence[Sample], training: bool) -> None:
+        """Boxes in the training split (DataError if none, when it is for training: `validate`
+        only evaluates), ground truth in val, images both hold."""
+        train_name = f"train split {self.train_split!r} of {self.root}"
+        if self.val_split:
+            val_name = f"val split {self.val_split!r} of {self.root}"
+        else:
+            val_name = f"val split (the {len(val_src)} image(s) held out of {self.train_split!r} of {self.root})"
+            if len(val_src):
+                train_name += f" (less the {len(val_src)} image(s) held out for validation)"
+        if training:
+            self.split_notes += check_training_split(train_src, train_name, self.class_names)
+        if len(val_src):  # val_fraction 0: no validation at all, nothing to warn about
+            self.split_notes += check_eval_split(val_src, val_name, self.class_names)
+            self.split_notes += shared_images(train_src, train_name, val_src, val_name)
+        self._names = {"train": train_name, "val": val_name}
+
+    def _check_test_split(self, test_src: Sequence[Sample]) -> None:
+        """Ground truth in the test split, and images it shares with the splits set up for a fit."""
+        test_name = f"test split {self.test_split!r} of {self.root}"
+        self.split_notes += check_eval_split(test_src, test_name, self.class_names)
+        for which, other in (("train", self.train_set), ("val", self.val_set)):
+            if other is not None and len(other):
+                self.split_notes += shared_images(other.source, self._names[which], test_src, test_name)
 
     @property
     def _eval_cache(self) -> str:
