@@ -442,3 +442,28 @@ def test_the_report_says_the_split_has_no_ground_truth(capsys) -> None:
     voc_results = evaluate_voc(with_gt, len(CLASSES))
     report = summarise({}, {**results, "voc": voc_results}, CLASSES)
     assert report["ground_truth"] == 1 and "note" not in report
+
+
+def test_fit_on_a_split_without_boxes_stops_with_one_line(synth_root, tmp_path, monkeypatch) -> None:
+    """`yolov3 fit` prints the DataError as one line before any training step."""
+    import shutil
+    import sys
+
+    from yolov3.commands.cli import main
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    for label in (root / "labels").glob("*.txt"):
+        label.write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    config = str(Path(__file__).parent.parent / "configs" / "demo.yaml")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", config, "--data.root", str(root), "--data.val_fraction", "0.25",
+              "--trainer.max_epochs", "1"])
+    message = str(info.value.code)
+    assert message.startswith("yolov3 fit: train split 'train.csv' of ") and "\n" not in message, message
+    assert message.endswith("(less the 6 image(s) held out for validation): the training split has no boxes: none "
+                            "of its 18 image(s) has one (every label file is empty, or every XML has no <object>); "
+                            "there is nothing to train on"), message
+    assert not list(tmp_path.rglob("*.ckpt"))
