@@ -43,6 +43,7 @@ def test_save_checkpoint_file_loads_with_the_courses_settings(small_model, tmp_p
     assert (detector.model.num_classes, detector.model.width) == (20, 0.125)
     assert torch.equal(detector.anchors, torch.tensor(COURSE_ANCHORS))
     assert (detector.score_mode, detector.iou_threshold, detector.size) == ("obj", 0.45, 416)
+    assert detector.letterbox == "course" and Detector.load(path, letterbox="yolo").letterbox == "yolo"
     assert detector.class_names[0] == "aeroplane"
     line = detector.describe()
     assert "the course's anchors" in line and "scores obj" in line and str(path) in line
@@ -143,7 +144,7 @@ def test_course_files_give_the_same_detections_everywhere(trained_detector, shap
     images = [np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in shape_images]
     model = trained_detector.model
     want = Detector(model, anchors=torch.tensor(COURSE_ANCHORS), score_mode="obj", iou_threshold=0.45,
-                    size=96, conf_threshold=0.05)(images)
+                    size=96, conf_threshold=0.05, letterbox="course")(images)
     assert sum(len(w) for w in want) > 0
     files = [write_save_checkpoint(model, tmp_path / "c.pth.tar"),
              write_lightning(model, tmp_path / "c.ckpt", tmp_path / "code")]
@@ -154,6 +155,7 @@ def test_course_files_give_the_same_detections_everywhere(trained_detector, shap
         course.save_safetensors(tmp_path / "c.safetensors")
         again = Detector.load(tmp_path / "c.safetensors", conf_threshold=0.05)
         assert again.size == 96 and again.score_mode == "obj" and anchor_set_name(again.anchors) == "course"
+        assert again.letterbox == "course"
         assert "made from the course's" in again.origin
         assert all(np.array_equal(g, w) for g, w in zip(again(images), want))
     pytest.importorskip("onnxruntime")
@@ -179,7 +181,7 @@ def test_yolov3_test_scores_a_course_checkpoint(trained_detector, shapes_root, t
               "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.default_root_dir",
               str(tmp_path / "runs")])
     out = printed.getvalue()
-    assert "the course's save_checkpoint file" in out and "the course's anchors" in out
+    assert "the course's save_checkpoint file" in out and "the course's anchors" in out and "course letterbox" in out
     for row in ("VOC07 mAP@0.5", "VOC2010+ mAP@0.5", "class accuracy", "no-object accuracy", "object accuracy"):
         assert row in out, out
     results = next((tmp_path / "runs").rglob("results.json"))

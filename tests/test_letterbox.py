@@ -1,5 +1,6 @@
 """Letterbox: the one apply/undo of the input fitting, against slow per-pixel references."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -76,3 +77,20 @@ def test_undo_map_reads_the_input_coordinate_back_on_the_image():
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="0x10"):
         Letterbox.fit(0, 10, 416)
+
+
+@pytest.mark.parametrize("h, w", [(375, 500), (500, 333), (281, 500), (100, 60), (416, 416), (1000, 417), (17, 900)])
+def test_course_style_is_the_courses_test_transforms(h, w):
+    """The "course" letterbox equals the course's test_transforms (albumentations LongestMaxSize
+    then PadIfNeeded with BORDER_CONSTANT) to the bit; "yolo" does not (grey, area)."""
+    albumentations = pytest.importorskip("albumentations")
+    course = albumentations.Compose([albumentations.LongestMaxSize(max_size=416),
+                                     albumentations.PadIfNeeded(min_height=416, min_width=416,
+                                                                border_mode=cv2.BORDER_CONSTANT)])
+    image = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    box = Letterbox.fit(w, h, 416)
+    assert np.array_equal(box.apply_image(image, style="course"), course(image=image)["image"])
+    if (h, w) != (416, 416):
+        assert not np.array_equal(box.apply_image(image), course(image=image)["image"])
+    with pytest.raises(ValueError, match="unknown letterbox style 'black'"):
+        box.apply_image(image, style="black")

@@ -29,10 +29,12 @@ import torch
 from yolov3.anchors import anchor_set_name
 from yolov3.constants import COURSE_ANCHORS, DATA_KEY
 
-# How the course decodes its models (config.py): anchors COCO / 416 rounded to two decimals,
-# boxes ranked by objectness alone (utils.cells_to_bboxes scores = sigmoid(obj)), NMS at IoU
-# 0.45 (NMS_IOU_THRESH), 416 x 416 inputs (IMAGE_SIZE).
-COURSE_SETTINGS = {"anchors": COURSE_ANCHORS, "score_mode": "obj", "iou_threshold": 0.45, "image_size": 416}
+# How the course feeds and decodes its models (config.py): anchors COCO / 416 rounded to two
+# decimals, boxes ranked by objectness alone (utils.cells_to_bboxes scores = sigmoid(obj)), NMS at
+# IoU 0.45 (NMS_IOU_THRESH), 416 x 416 inputs (IMAGE_SIZE) letterboxed as its test_transforms do
+# (black padding, bilinear: yolov3.letterbox.LETTERBOX_STYLES["course"]).
+COURSE_SETTINGS = {"anchors": COURSE_ANCHORS, "score_mode": "obj", "iou_threshold": 0.45, "image_size": 416,
+                   "letterbox": "course"}
 # The grid sizes the course's scaled_anchors were made with (S at IMAGE_SIZE 416).
 _COURSE_GRIDS = (13, 26, 52)
 _FIRST_CONV = "layers.0.conv.weight"  # (32 * width, 3, 3, 3)

@@ -18,7 +18,7 @@ from yolov3.course import COURSE_SETTINGS, read_course_checkpoint
 from yolov3.data.augment import letterbox
 from yolov3.data.sample import Sample
 from yolov3.hparams import grouped_hparams
-from yolov3.letterbox import Letterbox
+from yolov3.letterbox import Letterbox, letterbox_style
 from yolov3.model import YOLOv3
 from yolov3.onnx_backend import CALIB_METHODS, OnnxNetwork, export_onnx, quantize_int8
 from yolov3.postprocess import postprocess
@@ -46,6 +46,8 @@ class Detector:
         conf_threshold, iou_threshold, max_detections: post-processing settings.
         source: where the weights came from (shown by the CLI and the app).
         origin: what that file was recognised as, in words (Detector.load says it).
+        letterbox: how images are fitted into the input (yolov3.letterbox.LETTERBOX_STYLES:
+            "yolo", this project's; "course", the course's black padding and bilinear resize).
         train_sizes: the input sizes the weights were trained at, when known (the app's
             size slider reaches down to them).
         max_candidates: per image, only the highest-scoring candidates enter NMS (None: all);
@@ -56,7 +58,7 @@ class Detector:
                  size: int = DEFAULT_SIZE, conf_threshold: float = 0.25, iou_threshold: float = 0.45,
                  max_detections: int = 100, device: str | torch.device = "cpu", score_mode: str = "obj_cls",
                  source: str = "", train_sizes: tuple[int, ...] = (), max_candidates: int | None = None,
-                 origin: str = "") -> None:
+                 origin: str = "", letterbox: str = "yolo") -> None:
         if size % 32 or size < 32:
             raise ValueError(f"size must be a positive multiple of 32, got {size}")
         self.device = torch.device(device)
@@ -71,6 +73,8 @@ class Detector:
         self.size, self.conf_threshold, self.iou_threshold = size, conf_threshold, iou_threshold
         self.max_detections, self.score_mode = max_detections, score_mode
         self.source, self.origin = source, origin
+        letterbox_style(letterbox)  # ValueError for an unknown name
+        self.letterbox = letterbox
         self.train_sizes = tuple(int(s) for s in train_sizes)
         self.max_candidates = max_candidates
 
@@ -91,7 +95,7 @@ class Detector:
                     conf_threshold=self.conf_threshold, iou_threshold=self.iou_threshold,
                     max_detections=self.max_detections, device=self.device, score_mode=self.score_mode,
                     source=self.source, train_sizes=self.train_sizes, max_candidates=self.max_candidates,
-                    origin=self.origin)
+                    origin=self.origin, letterbox=self.letterbox)
         return Detector(**{**args, **changes})
 
     @classmethod
@@ -111,8 +115,9 @@ class Detector:
         (checkpoints of this project's training and their exports do): anchors -> theirs;
         size -> the size they were evaluated at (else DEFAULT_SIZE); score_mode,
         iou_threshold, max_detections -> the evaluation's (EVAL_SETTINGS; else "obj_cls",
-        0.45, 100). A course file says none of these: it gets the course's
-        (course.COURSE_SETTINGS: its rounded anchors, objectness-only scores, NMS 0.45, 416).
+        0.45, 100); letterbox -> theirs (else "yolo"). A course file says none of these: it
+        gets the course's (course.COURSE_SETTINGS: its rounded anchors, objectness-only scores,
+        NMS 0.45, 416, black padding and bilinear resizing).
         A value given wins; `anchors` may be a set's name ("coco", "course": anchors.as_anchors).
         """
         path = Path(path)
@@ -209,7 +214,7 @@ class Detector:
                 "image_size": json.dumps(self.size), "train_sizes": json.dumps(list(self.train_sizes)),
                 "score_mode": json.dumps(self.score_mode), "iou_threshold": json.dumps(self.iou_threshold),
                 "max_detections": json.dumps(self.max_detections), "format": "yolov3 detector v1",
-                "exported_from": json.dumps(self.origin)}
+                "exported_from": json.dumps(self.origin), "letterbox": json.dumps(self.letterbox)}
 
     def _require_torch_weights(self) -> None:
         """Exports write the torch weights; raise ValueError (naming the file) without them."""
@@ -262,6 +267,7 @@ class Detector:
         if data.get("class_names"):
             kwargs.setdefault("class_names", data["class_names"])
         kwargs.setdefault("train_sizes", tuple(data.get("train_sizes", ())))
+        kwargs.setdefault("letterbox", data.get("letterbox", "yolo"))
         kwargs.setdefault("source", str(path))
         kwargs.setdefault("origin", origin)
         return cls(model, **kwargs)
@@ -269,7 +275,8 @@ class Detector:
     def describe(self) -> str:
         """One line on what was loaded and how it decodes, for the commands' output."""
         return (f"weights {self.source or '(in memory)'}: {self.origin or 'a YOLOv3'}; {self.model.num_classes} "
-                f"classes, {describe_anchors(self.anchors.cpu())}, scores {self.score_mode}, input {self.size}")
+                f"classes, {describe_anchors(self.anchors.cpu())}, scores {self.score_mode}, input {self.size}"
+                f"{'' if self.letterbox == 'yolo' else f', {self.letterbox} letterbox'}")
 
     def save_safetensors(self, path: str | Path) -> None:
         """Write the weights, anchors, width, class names, sizes and the post-processing
@@ -285,7 +292,7 @@ class Detector:
         detector's device (letterboxed to S = self.size) and one Letterbox per image."""
         batch, infos = [], []
         for img in images:
-            boxed, info = letterbox(Sample(img, np.zeros((0, 4)), np.zeros(0)), self.size)
+            boxed, info = letterbox(Sample(img, np.zeros((0, 4)), np.zeros(0)), self.size, style=self.letterbox)
             batch.append(torch.from_numpy(boxed.image).permute(2, 0, 1))
             infos.append(info)
         # out of place: explanations (yolov3.cam) may ask for gradients from this tensor on
@@ -359,7 +366,7 @@ def _data_from_metadata(meta: dict[str, str], path, kind: str) -> dict:
         raise ValueError(f"{path}: {kind} file without this project's metadata (width, class_names)")
     try:
         data = {"width": float(meta["width"]), "class_names": json.loads(meta["class_names"])}
-        keys = ("image_size", "train_sizes", "exported_from", *EVAL_SETTINGS.values())
+        keys = ("image_size", "train_sizes", "exported_from", "letterbox", *EVAL_SETTINGS.values())
         data.update({k: json.loads(meta[k]) for k in keys if k in meta})
     except ValueError as exc:
         raise ValueError(f"{path}: unreadable metadata in this {kind} file ({exc})") from None

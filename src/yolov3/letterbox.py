@@ -23,23 +23,49 @@ import torch
 PAD_VALUE = 114  # grey padding, the usual YOLO letterbox colour
 
 
+class LetterboxStyle(NamedTuple):
+    """What fills the padding and how a larger image is shrunk: the part of the input
+    convention a model learns (its evaluation and inference must use the one it was trained
+    with). pad_value: 0-255, the same in every channel. shrink: "area" (area averaging) or
+    "linear" (bilinear); enlarging is always bilinear."""
+
+    pad_value: int
+    shrink: str
+
+
+# "yolo": this project's (grey 114, as YOLO letterboxes; area averaging, which does not alias).
+# "course": the course's test_transforms (albumentations LongestMaxSize, bilinear by default, then
+# PadIfNeeded with BORDER_CONSTANT, i.e. black, centred the same way: floor((S - h) / 2) on top).
+LETTERBOX_STYLES: dict[str, LetterboxStyle] = {"yolo": LetterboxStyle(PAD_VALUE, "area"),
+                                               "course": LetterboxStyle(0, "linear")}
+
+
+def letterbox_style(name: str, what: str = "letterbox") -> LetterboxStyle:
+    """The style of that name; ValueError naming `what` and the choices for another."""
+    try:
+        return LETTERBOX_STYLES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"{what}: unknown letterbox style {name!r}; choose {' or '.join(LETTERBOX_STYLES)}") from None
+
+
 def longest_side_to(w: int, h: int, size: int) -> tuple[int, int, float]:
     """(new_w, new_h, scale) of a w x h image scaled so its longer side is `size` (sides rounded, >= 1)."""
     scale = size / max(h, w)
     return max(1, round(w * scale)), max(1, round(h * scale)), scale
 
 
-def resize_image(image: np.ndarray, new_w: int, new_h: int, fast: bool = False) -> np.ndarray:
+def resize_image(image: np.ndarray, new_w: int, new_h: int, fast: bool = False, shrink: str = "area") -> np.ndarray:
     """image (H, W, C) -> (new_h, new_w, C); the same array when the size is unchanged.
 
-    Shrinking uses area averaging, unless `fast` (training), where bilinear is 5x quicker
-    and the slight aliasing is one more augmentation; enlarging is bilinear.
+    Shrinking uses area averaging (shrink "area"), unless `fast` (training), where bilinear
+    is 5x quicker and the slight aliasing is one more augmentation, or shrink "linear" (the
+    course's style); enlarging is bilinear.
     """
     h, w = image.shape[:2]
     if (new_w, new_h) == (w, h):
         return image
     shrinking = new_w < w or new_h < h
-    interp = cv2.INTER_AREA if shrinking and not fast else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if shrinking and not fast and shrink == "area" else cv2.INTER_LINEAR
     return cv2.resize(image, (new_w, new_h), interpolation=interp)
 
 
@@ -74,15 +100,17 @@ class Letterbox(NamedTuple):
         """(new_w, new_h): the image's size inside the input, padding excluded."""
         return round(self.width * self.scale_x), round(self.height * self.scale_y)
 
-    def apply_image(self, image: np.ndarray, fast: bool = False) -> np.ndarray:
-        """image (height, width, 3) uint8 -> (size, size, 3) uint8; `fast` as in resize_image."""
+    def apply_image(self, image: np.ndarray, fast: bool = False, style: str = "yolo") -> np.ndarray:
+        """image (height, width, 3) uint8 -> (size, size, 3) uint8; `fast` as in resize_image,
+        `style` a name of LETTERBOX_STYLES (padding colour, how it shrinks)."""
         if image.shape[:2] != (self.height, self.width):
             raise ValueError(f"this letterbox is for {self.width}x{self.height} images, got "
                              f"{image.shape[1]}x{image.shape[0]}")
+        pad_value, shrink = letterbox_style(style)
         new_w, new_h = self.resized
-        out = np.full((self.size, self.size, image.shape[2]), PAD_VALUE, dtype=np.uint8)
+        out = np.full((self.size, self.size, image.shape[2]), pad_value, dtype=np.uint8)
         out[self.pad_y : self.pad_y + new_h, self.pad_x : self.pad_x + new_w] = resize_image(image, new_w, new_h,
-                                                                                            fast)
+                                                                                            fast, shrink)
         return out
 
     def apply_boxes(self, boxes: np.ndarray) -> np.ndarray:

@@ -277,12 +277,14 @@ class YoloLitModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record what inference needs from the data side (plain types, so the checkpoint
-        still loads with weights_only=True): class names, eval size and training sizes; with
+        still loads with weights_only=True): class names, eval size, training sizes and the
+        evaluation letterbox's style; with
         the EMA, put its weights first (see optim)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "image_size"):
             checkpoint[DATA_KEY] = {"class_names": list(dm.class_names), "image_size": int(dm.image_size),
-                                    "train_sizes": [int(s) for s in dm.train_sizes]}
+                                    "train_sizes": [int(s) for s in dm.train_sizes],
+                                    "letterbox": getattr(dm, "letterbox", "yolo")}
         if self.ema is not None:  # "model.*" = the EMA, for every reader of the checkpoint
             self.ema.write_checkpoint(checkpoint)
 

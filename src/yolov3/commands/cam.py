@@ -23,7 +23,8 @@ from yolov3.viz import image_grid, render_cam
 def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "gradcam", layer: str = "head",
             size: int | None = None, conf: float = 0.25, iou: float | None = None, device: str = "cpu",
             max_detections: int = 20, batch_size: int = 4, cols: int = 6, cell: int = 320,
-            sheet_path: str | Path | None = None, anchors: str | None = None) -> dict:
+            sheet_path: str | Path | None = None, anchors: str | None = None,
+            letterbox: str | None = None) -> dict:
     """`yolov3 cam`: overlays per detection and per image, a contact sheet, and cam.json.
 
     Writes <stem>_det<k>_<class>_<method>.png for each detection (Grad-CAM methods),
@@ -37,7 +38,8 @@ def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "g
         raise ValueError(f"unknown CAM method {method!r}: use one of {', '.join(METHODS)}")
     paths = expand_sources(sources)
     detector = Detector.load(weights, size=size, conf_threshold=conf, iou_threshold=iou,
-                             max_detections=max_detections, device=device, anchors=anchors)
+                             max_detections=max_detections, device=device, anchors=anchors,
+                             letterbox=letterbox)
     if detector.backend != "torch":
         raise ValueError(f"{weights}: Grad-CAM and EigenCAM need gradients and the network's feature maps, "
                          f"which {detector.backend} does not give; use the .ckpt or .safetensors weights")
@@ -87,7 +89,7 @@ def command(args: argparse.Namespace) -> None:
     try:
         summary = run_cam(args.images, args.weights, args.out, method=args.method, layer=args.layer, size=args.size,
                           conf=args.conf, iou=args.iou, device=args.device, max_detections=args.max_det,
-                          batch_size=args.batch, anchors=args.anchors)
+                          batch_size=args.batch, anchors=args.anchors, letterbox=args.letterbox)
     except (FileNotFoundError, ValueError) as exc:  # DataError (unreadable image) is a ValueError
         raise SystemExit(f"yolov3 cam: {exc}") from None
     print(summary["loaded"])

@@ -139,7 +139,7 @@ def _check_images(paths: Sequence[Path], max_pixels: int) -> list[int | DataErro
 def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float = 0.25, iou: float | None = None,
                size: int | None = None, device: str = "cpu", batch_size: int = 8, max_detections: int | None = None,
                skip_bad: bool = False, draw: bool = True, max_pixels: int = MAX_PIXELS,
-               backend: str | None = None, anchors: str | None = None) -> dict:
+               backend: str | None = None, anchors: str | None = None, letterbox: str | None = None) -> dict:
     """Detect objects in every source image; write annotated copies and detections.json.
 
     detections.json is COCO results format (a list of {"image_id", "category_id", "bbox"
@@ -189,7 +189,8 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
     from rich.progress import Progress  # not in a Space, which imports this module for coco_records
 
     detector = Detector.load(weights, size=size, conf_threshold=conf, iou_threshold=iou,
-                             max_detections=max_detections, device=device, anchors=anchors)
+                             max_detections=max_detections, device=device, anchors=anchors,
+                             letterbox=letterbox)
     if backend is not None:
         detector = detector.with_backend(backend)
     created = _make_output_dir(out)
@@ -234,7 +235,7 @@ def command(args: argparse.Namespace) -> None:
         summary = run_detect(args.sources, args.weights, args.out, conf=args.conf, iou=args.iou, size=args.size,
                              device=args.device, batch_size=args.batch, max_detections=args.max_det,
                              skip_bad=args.skip_bad, draw=not args.no_draw, backend=args.backend,
-                             anchors=args.anchors, **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+                             anchors=args.anchors, letterbox=args.letterbox, **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
     except (FileNotFoundError, DataError, ValueError) as exc:
         raise SystemExit(f"yolov3 detect: {exc}") from None
     print(summary["loaded"])

@@ -26,7 +26,7 @@ def command(args: argparse.Namespace) -> None:
         raise SystemExit("yolov3 export: --int8 needs calibration images: --data <dataset root> (its training "
                          "split calibrates, its test split scores) or --data <image files or folders>")
     try:
-        detector = Detector.load(args.weights, anchors=args.anchors)
+        detector = Detector.load(args.weights, anchors=args.anchors, letterbox=args.letterbox)
         print(detector.describe())
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         if args.int8:

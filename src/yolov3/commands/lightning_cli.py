@@ -90,7 +90,8 @@ class YoloCLI(LightningCLI):
     def _weights_settings(self, subcommand: str) -> None:
         """`--weights`: load them (Detector.load: any format it reads, the course's included)
         and take from them the model's width, its anchors and evaluation settings (score
-        mode, NMS IoU, detections per image) and the data's class names and size, each unless
+        mode, NMS IoU, detections per image) and the data's class names, size and letterbox
+        style, each unless
         a config or the command line sets it (`--anchors` or `--model.anchors` for the
         anchors). The weights go into the model in before_validate / before_test / before_predict."""
         config = self.config[subcommand]
@@ -123,6 +124,8 @@ class YoloCLI(LightningCLI):
             data["class_names"] = list(detector.class_names)
         if _get(given, "data", "image_size") is None:
             data["image_size"] = detector.size
+        if _get(given, "data", "letterbox") is None:
+            data["letterbox"] = detector.letterbox
         self.config = self.parser.parse_object({subcommand: {"model": model, "data": data}}, self.config)
 
     def _given(self, subcommand: str):
@@ -141,9 +144,10 @@ class YoloCLI(LightningCLI):
         state = detector.model.state_dict()
         for net in (self.model.model, *((self.model.ema.module,) if self.model.ema is not None else ())):
             net.load_state_dict(state)
-        m, size = self.model, getattr(self.datamodule, "image_size", "?")
+        m, dm = self.model, self.datamodule
         print(f"weights {detector.source}: {detector.origin}; {m.model.num_classes} classes, "
-              f"{describe_anchors(m.anchors.cpu())}, scores {m.evaluation.score_mode}, input {size}")
+              f"{describe_anchors(m.anchors.cpu())}, scores {m.evaluation.score_mode}, input "
+              f"{getattr(dm, 'image_size', '?')}, {getattr(dm, 'letterbox', '?')} letterbox")
 
     def before_validate(self) -> None:
         self._load_weights()

@@ -11,6 +11,7 @@ import torch
 from yolov3.anchors import AnchorError, as_anchors
 from yolov3.cam import METHODS as CAM_METHODS
 from yolov3.deploy import CALIB_IMAGES
+from yolov3.letterbox import LETTERBOX_STYLES
 from yolov3.onnx_backend import CALIB_METHODS
 
 
@@ -46,6 +47,10 @@ def _add_anchors_arg(p: argparse.ArgumentParser) -> None:
                    help="decode with these anchors: coco (COCO / 416), course (the course's, rounded) or 18 "
                         "numbers w h ... (fractions of the image, stride-32 head first); default: the ones the "
                         "weights were trained with (the course's for a course checkpoint)")
+    p.add_argument("--letterbox", choices=tuple(LETTERBOX_STYLES), default=None,
+                   help="how images are fitted into the input: yolo (grey padding, area-averaged shrinking) or "
+                        "course (black padding, bilinear, as the course's test_transforms); default: the weights' "
+                        "(course for a course checkpoint, else yolo)")
 
 
 def _add_backend_arg(p: argparse.ArgumentParser, note: str = "") -> None:

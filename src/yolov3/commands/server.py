@@ -114,7 +114,7 @@ def command(args: argparse.Namespace) -> None:
         weights = str(DEMO_WEIGHTS)
     try:
         detector = Detector.load(weights, size=args.size, conf_threshold=args.conf, iou_threshold=args.iou,
-                                 device=args.device, anchors=args.anchors)
+                                 device=args.device, anchors=args.anchors, letterbox=args.letterbox)
         # detections from ONNX Runtime, explanations from the torch weights when there are any
         explainer = detector if detector.backend == "torch" else None
         if args.backend is not None:

@@ -219,7 +219,8 @@ def command(args: argparse.Namespace) -> None:
     if args.format != "onnx-int8" and int8_options_given(args):
         raise SystemExit(f"yolov3 space: {', '.join(int8_options_given(args))} apply to --format onnx-int8 only")
     try:
-        detector = Detector.load(args.weights, anchors=args.anchors)  # loaded once: class names, the Space
+        # loaded once: class names, the Space
+        detector = Detector.load(args.weights, anchors=args.anchors, letterbox=args.letterbox)
         print(detector.describe())
         calibration, evaluation = (int8_images(args, detector.class_names) if args.format == "onnx-int8"
                                    else (None, None))

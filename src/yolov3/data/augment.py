@@ -32,7 +32,7 @@ import numpy as np
 from yolov3.data import timing
 from yolov3.data.colour import colour_jitter
 from yolov3.data.sample import Sample
-from yolov3.letterbox import PAD_VALUE, Letterbox, longest_side_to, resize_image
+from yolov3.letterbox import PAD_VALUE, Letterbox, letterbox_style, longest_side_to, resize_image
 
 
 def resize_longest(image: np.ndarray, boxes: np.ndarray, size: int,
@@ -51,13 +51,13 @@ def resize_longest(image: np.ndarray, boxes: np.ndarray, size: int,
     return image, boxes * np.array([sx, sy, sx, sy], dtype=np.float32), sx, sy
 
 
-def letterbox(sample: Sample, size: int, fast: bool = False) -> tuple[Sample, Letterbox]:
+def letterbox(sample: Sample, size: int, fast: bool = False, style: str = "yolo") -> tuple[Sample, Letterbox]:
     """The sample letterboxed to (size, size) (see yolov3.letterbox) and the Letterbox that
-    undoes it. `fast` as in letterbox.resize_image."""
+    undoes it. `fast` as in letterbox.resize_image; `style` a name of LETTERBOX_STYLES."""
     h, w = sample.image.shape[:2]
     info = Letterbox.fit(w, h, size)
     with timing.stage("resize"):
-        image = info.apply_image(sample.image, fast)
+        image = info.apply_image(sample.image, fast, style)
     return Sample(image, info.apply_boxes(sample.boxes), sample.labels, sample.difficult, sample.path), info
 
 
@@ -310,7 +310,12 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Letterbox only; returns the sample and how to undo it."""
+    """Letterbox only, in `style` (a name of yolov3.letterbox.LETTERBOX_STYLES); returns the
+    sample and how to undo it."""
+
+    def __init__(self, style: str = "yolo") -> None:
+        letterbox_style(style)  # ValueError for an unknown name, before any image
+        self.style = style
 
     def __call__(self, sample: Sample, size: int) -> tuple[Sample, Letterbox]:
-        return letterbox(sample, size)
+        return letterbox(sample, size, style=self.style)

@@ -27,6 +27,7 @@ from yolov3.data.records import DetectionSource
 from yolov3.data.sample import Sample
 from yolov3.data.samplers import EvalBatchSampler, TrainBatchSampler
 from yolov3.data.sources import open_source
+from yolov3.letterbox import letterbox_style
 from yolov3.data.split_checks import check_eval_split, check_training_split, shared_images
 
 log = logging.getLogger("yolov3.data")
@@ -74,6 +75,9 @@ class YoloDataModule(L.LightningDataModule):
         augment: training augmentation settings (mosaic, geometry, flip, colour).
         seed: seeds the split, the shuffling, the batch sizes and the augmentation (each
             process and each worker gets its own stream derived from it).
+        letterbox: how validation and test images are fitted into the input: "yolo" (grey
+            padding, area-averaged shrinking: this project's) or "course" (black padding,
+            bilinear: the course's test_transforms, for its checkpoints; yolov3.letterbox).
 
     setup checks what the splits hold (data/split_checks.py): a training split without a box
     is a DataError; an evaluation split without ground truth, classes without boxes, and
@@ -102,8 +106,11 @@ class YoloDataModule(L.LightningDataModule):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         pin_memory: bool = True,
+        letterbox: str = "yolo",
     ) -> None:
         super().__init__()
+        letterbox_style(letterbox, "data.letterbox")  # ValueError for an unknown name
+        self.letterbox = letterbox
         for s in [image_size, *(train_sizes or [])]:
             if s % 32 or s < 32:
                 raise ValueError(f"image sizes must be positive multiples of 32, got {s}")
@@ -151,11 +158,11 @@ class YoloDataModule(L.LightningDataModule):
             self.train_set = DetectionDataset(train_src, True, self.augment, self.cache_images, self.seed,
                                               max_side=max(self.train_sizes),
                                               cache_dir=self.cache_dir or Path(self.root) / ".yolov3-cache")
-            self.val_set = DetectionDataset(val_src, False, cache_images=self._eval_cache)
+            self.val_set = DetectionDataset(val_src, False, cache_images=self._eval_cache, letterbox=self.letterbox)
         if stage in ("test", None) and self.test_set is None:
             test_src = self._open(self.test_split)
             self._check_test_split(test_src)
-            self.test_set = DetectionDataset(test_src, False, cache_images=self._eval_cache)
+            self.test_set = DetectionDataset(test_src, False, cache_images=self._eval_cache, letterbox=self.letterbox)
 
     def _check_fit_splits(self, train_src: Sequence[Sample], val_src: Sequence[Sample], training: bool) -> None:
         """Boxes in the training split (DataError if none, when it is for training: `validate`

@@ -33,15 +33,16 @@ class DetectionDataset(Dataset):
     training size; see data/cache.py). cache_images: "none" (or False), "ram" (or True: a
     dict of loaded samples per process) or "disk" (training sets of a file-backed source
     only: a DiskImageCache in `cache_dir`; evaluation sets then read their files each time,
-    since they are letterboxed from the full image).
+    since they are letterboxed from the full image). letterbox: the evaluation letterbox's
+    style (yolov3.letterbox.LETTERBOX_STYLES; training has its own geometry).
     """
 
     def __init__(self, source: Sequence[Sample], train: bool, augment: AugmentConfig | None = None,
                  cache_images: bool | str = False, seed: int = 0, max_side: int | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, letterbox: str = "yolo") -> None:
         self.source = source
         self.train = train
-        self.transform = TrainTransform(augment, seed=seed) if train else EvalTransform()
+        self.transform = TrainTransform(augment, seed=seed) if train else EvalTransform(letterbox)
         self.max_side = max_side if train else None
         mode = cache_mode(cache_images)
         self._cache: dict[int, tuple[Sample, tuple[int, int]]] | None = {} if mode == "ram" else None
