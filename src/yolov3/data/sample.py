@@ -299,24 +299,115 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
         raise _cannot_read(path, exc) from None
 
 
-def expand_sources(sources: Sequence[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths, in order, no repeats.
+_GLOB_CHARS = frozenset("*?[")
 
-    Raises FileNotFoundError naming a source that matches nothing.
+
+def expand_sources(sources: Sequence[str]) -> list[Path]:
+    """The image files named by path arguments (files, folders, glob patterns), in order; a file
+    named more than once is read once.
+
+    An argument that names an existing file or folder is taken literally, always, even when
+    its name holds glob characters (`photo[1].jpg`, `shots[2024]/`): a file as it is (any
+    suffix; decoding says whether it is an image), a folder as its image files (IMAGE_SUFFIXES,
+    not its subfolders), sorted. Only an argument that names nothing is a glob pattern (`*`,
+    `?`, `[...]`, `**` for any depth), and in it too each part that names an existing file or
+    folder is literal (`shots[2024]/*.jpg` looks in the folder `shots[2024]`); it gives the
+    image files it matches, sorted (not folders, not hidden files, as glob).
+
+    The same file (the same file-system object: by device and inode, so a second spelling, a
+    link, or another case on a case-insensitive file system too) named again, as an argument
+    or inside a folder or pattern, is kept at its first place only, and one warning names the
+    files and how often each was named.
+
+    Raises FileNotFoundError naming the argument: a missing path that is no pattern, a
+    pattern that matches nothing (it says both), a dangling link, a folder or pattern without
+    image files (it says what it found), something that is neither a file nor a folder.
     """
     paths: list[Path] = []
     for src in sources:
-        p = Path(src)
-        if any(ch in src for ch in "*?["):
-            found = [Path(m) for m in sorted(glob.glob(src, recursive=True)) if Path(m).suffix.lower() in IMAGE_SUFFIXES]
-        elif p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found = [p]
-        else:
-            raise FileNotFoundError(f"{printable(src)}: no such file or folder")
+        paths += _expand_one(src)
+    kept: list[Path] = []
+    first: dict[object, int] = {}
+    repeats: dict[int, int] = {}
+    for p in paths:
+        key = _identity(p)
+        if key in first:
+            repeats[first[key]] = repeats.get(first[key], 1) + 1
+            continue
+        first[key] = len(kept)
+        kept.append(p)
+    if repeats:
+        named = ", ".join(f"{printable(str(kept[i]))} ({n} times)" for i, n in sorted(repeats.items())[:5])
+        more = f" and {len(repeats) - 5} more" if len(repeats) > 5 else ""
+        log.warning("%d image file(s) were named more than once and are read once each: %s%s",
+                    len(repeats), named, more)
+    return kept
+
+
+def _identity(p: Path) -> object:
+    """What makes two paths the same file: (device, inode), else the resolved path."""
+    try:
+        st = p.stat()
+    except OSError:
+        return str(p.resolve())
+    return (st.st_dev, st.st_ino) if st.st_ino else str(p.resolve())
+
+
+def _expand_one(src: str) -> list[Path]:
+    shown = printable(src)
+    p = Path(src)
+    looked = f"looked for {', '.join(sorted(IMAGE_SUFFIXES))}"
+    if p.is_dir():
+        found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise FileNotFoundError(f"{printable(src)}: no images in it (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        paths += found
-    seen: set[Path] = set()
-    return [p for p in paths if not (p.resolve() in seen or seen.add(p.resolve()))]
+            subfolders = sum(1 for f in p.iterdir() if f.is_dir())
+            sub = (f"; its {subfolders} subfolder(s) are not searched: '{shown}/**' is a pattern that includes them"
+                   if subfolders else "")
+            raise FileNotFoundError(f"{shown}: no images in this folder ({looked}){sub}")
+        return found
+    if p.is_file():
+        return [p]
+    if p.exists():
+        raise FileNotFoundError(f"{shown}: neither a file nor a folder")
+    if os.path.lexists(src):
+        raise FileNotFoundError(f"{shown}: a link to {printable(os.readlink(src))}, which does not exist")
+    if not _GLOB_CHARS & set(src):
+        raise FileNotFoundError(f"{shown}: no such file or folder")
+    matches = _glob_literal_first(src)
+    files = [m for m in matches if m.is_file()]
+    images = sorted((m for m in files if m.suffix.lower() in IMAGE_SUFFIXES), key=str)
+    if not images:
+        if not matches:
+            raise FileNotFoundError(f"{shown}: no such file or folder, and as a glob pattern it matches nothing")
+        folders = len(matches) - len(files)
+        what = ", ".join(x for x in (f"{len(files)} file(s)" if files else "",
+                                     f"{folders} folder(s)" if folders else "") if x)
+        raise FileNotFoundError(f"{shown}: the pattern matches {what} and no image file ({looked})")
+    return images
+
+
+def _glob_literal_first(pattern: str) -> list[Path]:
+    """What a glob pattern matches, each part taken literally where it names an existing entry
+    (see expand_sources); `**` is any number of folders, as glob.glob(recursive=True)."""
+    p = Path(pattern)
+    parts = p.parts
+    bases = [Path(p.anchor)] if p.anchor else [Path()]
+    parts = parts[1:] if p.anchor else parts
+    for k, part in enumerate(parts):
+        last = k == len(parts) - 1
+        found: list[Path] = []
+        for base in bases:
+            here = "" if base == Path() else glob.escape(str(base))
+            if part == "**":
+                # base itself and every folder below it (or, last, everything below it)
+                tail = os.path.join(here, "**") if last else os.path.join(here, "**", "")
+                if not last:
+                    found.append(base)
+                found += [Path(m) for m in glob.glob(tail, recursive=True) if m]
+            elif os.path.lexists(base / part):
+                found.append(base / part)
+            elif _GLOB_CHARS & set(part):
+                found += [Path(m) for m in glob.glob(os.path.join(here, part))]
+        bases = found if last else [b for b in found if b.is_dir()]
+        bases = list(dict.fromkeys(bases))
+    return bases
