@@ -49,10 +49,10 @@ def test_bad_uploads_are_refused_with_the_files_name(bad_uploads):
 
 
 def test_a_huge_image_is_refused_from_its_header(bad_uploads, monkeypatch):
-    def no_decoding(path):
+    def no_decoding(path, *args):
         raise AssertionError("decoded a 100 MP image that should have been refused from its header")
 
-    monkeypatch.setattr(requests_mod, "load_rgb", no_decoding)
+    monkeypatch.setattr(requests_mod, "decode_image", no_decoding)
     with pytest.raises(UploadError, match="100 MP"):
         read_upload(bad_uploads / "huge.png")
 

@@ -291,6 +291,9 @@ def explain(detector, images: Sequence[np.ndarray], method: str = "gradcam", lay
         # autograd.grad stops at the activations and never reaches x or the weights.
         outputs = detector.model(x.requires_grad_(True))
         dets, cells = detector.decode(outputs)
+        # the Detector's rule: detections wholly in the letterbox's padding are none of the image
+        keep = [info.on_image(d[:, :4]) for d, info in zip(dets, infos)]
+        dets, cells = [d[k] for d, k in zip(dets, keep)], [c[k] for c, k in zip(cells, keep)]
         maps = (_detection_maps(outputs, acts, paths, cells, [d[:, 5].long() for d in dets], detector.score_mode,
                                 method) if method != "eigencam" else [[] for _ in images])
         eigen = [eigencam_map(acts[p]) for p in paths] if (eigencam or method == "eigencam") else None

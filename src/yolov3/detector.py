@@ -307,14 +307,17 @@ class Detector:
 
     @staticmethod
     def to_original(det: torch.Tensor, info: Letterbox) -> np.ndarray:
-        """(K, 6) detections in input pixels -> (K, 6) float32 array in original pixels, clipped."""
-        d = det.detach().float().cpu()
-        return torch.cat((info.undo_boxes(d[:, :4]), d[:, 4:]), 1).numpy().astype(np.float32)
+        """(K, 6) detections in input pixels -> (K', 6) float32 array in original pixels, clipped,
+        K' <= K: a detection that covers none of the image once clipped (it lies in the letterbox's
+        padding; it would be a box of zero width or height) is not one of the image and is
+        dropped (Letterbox.undo_detections, the rule evaluation and CAM share)."""
+        return info.undo_detections(det.detach().float().cpu()).numpy().astype(np.float32)
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """images: list of (H, W, 3) uint8 RGB -> per image (K, 6) float32 array of
-        x1, y1, x2, y2 (original pixels), score, class."""
+        x1, y1, x2, y2 (original pixels, each box of positive width and height: see
+        to_original), score, class."""
         if not images:
             return []
         x, infos = self.preprocess(images)

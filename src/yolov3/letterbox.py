@@ -8,7 +8,8 @@ then padded with grey to S x S, centred. In input pixels
 
 `Letterbox` is the one owner of that mapping: evaluation, the Detector, the ONNX backend's
 calibration and CAM all apply and undo it through it (images and boxes forward; boxes and
-maps on the network's grid back). Training makes its inputs by other geometry (mosaic,
+maps on the network's grid back; detections back, less those that lie wholly in the padding:
+Letterbox.undo_detections). Training makes its inputs by other geometry (mosaic,
 random affine) that is never undone, so training batches carry no Letterbox.
 """
 
@@ -128,6 +129,28 @@ class Letterbox(NamedTuple):
         w, h = float(self.width), float(self.height)
         return torch.stack((out[:, 0].clamp(0, w), out[:, 1].clamp(0, h),
                             out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)), 1)
+
+    def on_image(self, boxes: torch.Tensor) -> torch.Tensor:
+        """boxes (K, 4) xyxy in input pixels -> (K,) bool: whether the box, undone and clipped
+        (undo_boxes), keeps a width and a height above zero, i.e. covers some of the image.
+
+        A detection that fails this lies wholly in the letterbox's padding (on a very elongated
+        image the grey bands are most of the input) or on the image's edge line: clipped, it
+        becomes a box of zero width or height, which covers no pixel of the image, can match no
+        object (its IoU with anything is 0, so evaluation can only count it a false positive) and
+        draws as a line. It is not a detection of the image, so undo_detections drops it.
+        """
+        out = self.undo_boxes(boxes)
+        return (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+
+    def undo_detections(self, det: torch.Tensor) -> torch.Tensor:
+        """det (K, 4 + n) with xyxy in input pixels first (then score, class, ...) -> (K', 4 + n) in
+        image pixels, clipped, without the detections that cover none of the image (on_image says
+        why). The one rule for the Detector (to_original), evaluation (YoloLitModule.detect) and
+        CAM (yolov3.cam.explain, which drops their maps too); applied after NMS, as the clipping is."""
+        keep = self.on_image(det[:, :4])
+        kept = det[keep]
+        return torch.cat((self.undo_boxes(kept[:, :4]), kept[:, 4:]), 1)
 
     def undo_map(self, grid_map: torch.Tensor) -> np.ndarray:
         """A map on the network's grid (h, w) -> (height, width) float32 on the image.

@@ -218,14 +218,17 @@ class YoloLitModule(L.LightningModule):
 
     def detect(self, outputs: list[torch.Tensor], batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Evaluation detections of a batch and its ground-truth boxes, both in original image
-        pixels (letterbox undone, clipped to the image): per image (K, 6) and (G, 4)."""
+        pixels (letterbox undone, clipped to the image): per image (K, 6) and (G, 4). Detections
+        that cover none of the image (wholly in the letterbox's padding) are dropped, as the
+        Detector drops them (Letterbox.undo_detections): a zero-area box could only be a false
+        positive. Ground-truth boxes are all kept."""
         h = self.evaluation
         size = tuple(batch["images"].shape[-2:])
         dets = postprocess(outputs, self.anchors, size, h.conf_threshold, h.iou_threshold,
                            h.max_detections, h.score_mode, h.max_candidates)
         detections, truth = [], []
         for det, boxes, lb in zip(dets, batch["boxes"], batch["letterbox"], strict=True):
-            detections.append(torch.cat((lb.undo_boxes(det[:, :4]), det[:, 4:]), 1))
+            detections.append(lb.undo_detections(det))
             truth.append(lb.undo_boxes(boxes.to(det)))
         return detections, truth
 

@@ -1,11 +1,16 @@
 """`yolov3 cam`: Grad-CAM / Grad-CAM++ overlays per detection and EigenCAM per image for
 image files, a contact sheet and cam.json. The maps are yolov3.cam's; this module reads the
-files and writes the pictures."""
+files and writes the pictures.
+
+Path arguments are taken as `yolov3 detect` takes them (an existing file or folder literally,
+else a glob pattern: yolov3.data.sample.expand_sources); every image's pictures are named
+from a stem of its own (yolov3.commands.outputs), so no picture overwrites another."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,10 +19,14 @@ import numpy as np
 from PIL import Image
 
 from yolov3.cam import METHODS, explain, resolve_layer
-from yolov3.commands.detect import _output_names
-from yolov3.data.sample import expand_sources, load_rgb
+from yolov3.commands.outputs import OutputNames, describe_replaced, input_names, left_from_before, listing, safe_part
+from yolov3.data.sample import decode_image, expand_sources, frames_text, printable
 from yolov3.detector import Detector
 from yolov3.viz import image_grid, render_cam
+
+log = logging.getLogger("yolov3.commands.cam")
+
+CAM_FILE, SHEET_FILE = "cam.json", "contact_sheet.png"
 
 
 def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "gradcam", layer: str = "head",
@@ -30,8 +39,17 @@ def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "g
     Writes <stem>_det<k>_<class>_<method>.png for each detection (Grad-CAM methods),
     <stem>_eigencam.png for each image, contact_sheet.png with all of them (or sheet_path:
     one row per image, wrapped after `cols` pictures, EigenCAM first), and cam.json (per
-    detection: file, box in original pixels, class, score, target score, cell, layer).
-    Unreadable images stop the run with the file's name (DataError).
+    detection: file, its picture's name, box in original pixels, class, score, target score,
+    cell, layer). <stem> is the image's own stem, or for images sharing one the folders that
+    tell them apart in front, or its suffix kept, or -2 (yolov3.commands.outputs.input_names);
+    a class name's characters that no file name may hold become "-". Files an earlier run left
+    under the same names are replaced, with a warning naming them; an image of several frames
+    is read at its first, with a warning. Unreadable images stop the run with the file's name
+    (DataError).
+
+    Returns {"images", "detections", "pictures", "out", "seconds_per_image", "zero_maps",
+    "notes": [one line per image of several frames], "stems": [(input path, stem)],
+    "replaced": [names of an earlier run's files replaced], "loaded"}.
     """
 
     if method not in METHODS:
@@ -45,33 +63,53 @@ def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "g
                          f"which {detector.backend} does not give; use the .ckpt or .safetensors weights")
     resolve_layer(detector.model, layer)  # a bad name fails before any work
     out = Path(out_dir)
+    before = listing(out)
     out.mkdir(parents=True, exist_ok=True)
-    stems = [Path(n).stem for n in _output_names(paths)]
+    stems = input_names(paths, label=lambda p: p.stem, stems=True)
+    taken = OutputNames([CAM_FILE, SHEET_FILE])
+    written, notes = [], []
     sheet, records, seconds, zero = [], [], 0.0, 0
     for start in range(0, len(paths), batch_size):
         idx = list(range(start, min(start + batch_size, len(paths))))
-        images = [load_rgb(paths[i]) for i in idx]
+        decoded = [decode_image(paths[i]) for i in idx]
+        images = [d.pixels for d in decoded]
+        for i, d in zip(idx, decoded):
+            if d.frames != 1:
+                notes.append(f"{printable(str(paths[i]))}: {frames_text(d.frames)}; only the first is read")
+                log.warning("%s", notes[-1])
         t0 = time.perf_counter()
         results = explain(detector, images, method, layer)
         seconds += time.perf_counter() - t0
         for i, img, res in zip(idx, images, results):
             row = []
             sheet.append(row)
+            names = {}
             for suffix, pic in render_cam(img, res, detector.class_names, method):
-                Image.fromarray(pic).save(out / f"{stems[i]}_{suffix}.png")
+                names[suffix] = taken.claim(f"{stems[i]}_{safe_part(suffix)}.png")
+                Image.fromarray(pic).save(out / names[suffix])
+                written.append(names[suffix])
                 row.append(pic)
+            overlays = [n for suffix, n in names.items() if suffix != "eigencam"]
             zero += sum(c.grad_norm == 0 for c in res.cams)
             for k, c in enumerate(res.cams):
-                records.append({"file_name": str(paths[i]), "detection": k, "category_id": c.label,
+                records.append({"file_name": str(paths[i]), "picture": overlays[k], "detection": k,
+                                "category_id": c.label,
                                 "category_name": detector.class_names[c.label],
                                 "bbox_xyxy": [round(float(v), 2) for v in c.box], "score": round(c.score, 6),
                                 "target": round(c.target, 6), "cell": list(c.cell), "layer": c.layer,
                                 "method": method})
     if any(sheet):
-        Image.fromarray(_sheet(sheet, cols, cell)).save(sheet_path or out / "contact_sheet.png")
-    (out / "cam.json").write_text(json.dumps(records, indent=1))
+        Image.fromarray(_sheet(sheet, cols, cell)).save(sheet_path or out / SHEET_FILE)
+        if sheet_path is None:
+            written.append(SHEET_FILE)
+    (out / CAM_FILE).write_text(json.dumps(records, indent=1))
+    replaced = left_from_before(before, [*written, CAM_FILE])
+    if replaced:
+        log.warning("%s", describe_replaced(out, replaced))
     return {"images": len(paths), "detections": len(records), "pictures": sum(map(len, sheet)), "out": str(out),
-            "seconds_per_image": seconds / max(1, len(paths)), "zero_maps": zero, "loaded": detector.describe()}
+            "seconds_per_image": seconds / max(1, len(paths)), "zero_maps": zero, "notes": notes,
+            "stems": [(str(p), s) for p, s in zip(paths, stems)], "replaced": replaced,
+            "loaded": detector.describe()}
 
 
 def _sheet(rows: Sequence[Sequence[np.ndarray]], cols: int, cell: int) -> np.ndarray:
@@ -95,6 +133,14 @@ def command(args: argparse.Namespace) -> None:
     print(summary["loaded"])
     print(f"{summary['detections']} detections in {summary['images']} images: {summary['pictures']} overlays and "
           f"contact_sheet.png in {summary['out']} ({summary['seconds_per_image']:.2f} s per image)")
+    for line in summary["notes"]:
+        print(f"note: {line}")
+    renamed = [(src, stem) for src, stem in summary["stems"] if Path(src).stem != stem]
+    if renamed:
+        shown = ", ".join(f"{printable(src)} -> {printable(stem)}_*.png" for src, stem in renamed[:5])
+        more = f" and {len(renamed) - 5} more" if len(renamed) > 5 else ""
+        print(f"note: {len(renamed)} image(s) share a name with another, so their pictures are named apart "
+              f"(cam.json names each detection's picture): {shown}{more}")
     if summary["zero_maps"]:
         print(f"{summary['zero_maps']} detections do not depend on layer {args.layer!r} (their maps are empty); "
               f"try --layer head or backbone")

@@ -5,7 +5,13 @@ decoded once in full (in a thread pool; Pillow releases the GIL while decoding),
 image or folder stops the run in seconds with one line, before anything is written, or
 (skip_bad) the bad images are left out and listed. Pixels are the stored pixels: an EXIF
 orientation tag is not applied (as in training; see yolov3.data.sample) and each image that
-carries one gets a note in the summary.
+carries one gets a note in the summary; so does each image of several frames (an animated
+GIF, PNG or WebP, a multi-page TIFF), which is read at its first frame.
+
+Path arguments that name an existing file or folder are taken literally, the others as glob
+patterns (yolov3.data.sample.expand_sources). Every input gets an annotated picture of its own
+(yolov3.commands.outputs: inputs sharing a name get the folders that tell them apart in front,
+or -2), and each detections.json row names its picture.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from yolov3.data.sample import ORIENTATIONS, DataError, expand_sources, image_header, load_rgb, printable, read_image
+from yolov3.commands.outputs import describe_replaced, input_names, left_from_before, listing
+from yolov3.data.sample import (ORIENTATIONS, DataError, decode_image, expand_sources, frames_text, image_header,
+                                load_rgb, printable)
 from yolov3.detector import Detector
 from yolov3.viz import draw_boxes
 
@@ -34,6 +42,8 @@ MAX_PIXELS = 40_000_000
 _MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 
 log = logging.getLogger("yolov3.commands.detect")
+
+DETECTIONS_FILE = "detections.json"
 
 
 class OutputError(ValueError):
@@ -61,23 +71,20 @@ def _escapable(name: str) -> bool:
     return True
 
 
-def coco_records(det, class_names: Sequence[str], image_id: int, file_name: str) -> list[dict]:
+def coco_records(det, class_names: Sequence[str], image_id: int, file_name: str,
+                 picture: str | None = None) -> list[dict]:
     """(K, 6) detections (x1, y1, x2, y2, score, class) -> COCO results rows: bbox [x, y, w, h]
     rounded to 0.01 px, score to 1e-5, plus file_name (see json_file_name: a name that is not
-    valid UTF-8 also gets file_name_b64) and category_name. The format of detections.json,
-    and of the app's JSON output."""
+    valid UTF-8 also gets file_name_b64), category_name and, when given, picture (the file
+    name of the image's annotated copy in the output folder; not valid UTF-8: picture_b64 too).
+    The format of detections.json, and of the app's JSON output."""
     name = json_file_name(file_name)
+    if picture is not None:
+        name.update({k.replace("file_name", "picture"): v for k, v in json_file_name(picture).items()})
     return [{"image_id": image_id, **name, "category_id": int(cls),
              "category_name": class_names[int(cls)],
              "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": round(score, 5)}
             for x1, y1, x2, y2, score, cls in det.tolist()]
-
-
-def _output_names(paths: Sequence[Path]) -> list[str]:
-    """One output file name per input; inputs sharing a name get the folder prefixed."""
-    names = [p.name for p in paths]
-    dup = {n for n in names if names.count(n) > 1}
-    return [f"{p.parent.name}_{p.name}" if p.name in dup else p.name for p in paths]
 
 
 def check_output_dir(out: Path) -> None:
@@ -112,21 +119,22 @@ def _make_output_dir(out: Path) -> list[Path]:
     return created
 
 
-def _check_image(path: Path, max_pixels: int) -> int:
-    """Decode one image in full (then drop the pixels); its EXIF orientation. DataError naming
-    the file when it cannot be read, or is larger than max_pixels (from the header, before
-    decoding, with how to raise the limit)."""
+def _check_image(path: Path, max_pixels: int) -> tuple[int, int]:
+    """Decode one image in full (then drop the pixels); (its EXIF orientation, its frames, see
+    yolov3.data.sample.Decoded). DataError naming the file when it cannot be read, or is larger
+    than max_pixels (from the header, before decoding, with how to raise the limit)."""
     w, h, _ = image_header(path)
     if w * h > max_pixels:
         raise DataError(f"{path}: {w} x {h} pixels ({w * h / 1e6:.1f} MP) is more than detect's limit of "
                         f"{max_pixels / 1e6:.1f} MP (a file this large may be a decompression bomb); "
                         f"raise it with --max-pixels {w * h} if the image is wanted")
-    return read_image(path, max_pixels)[1]
+    decoded = decode_image(path, max_pixels)
+    return decoded.orientation, decoded.frames
 
 
-def _check_images(paths: Sequence[Path], max_pixels: int) -> list[int | DataError]:
-    """_check_image for every path in a thread pool, in order: orientation or the DataError."""
-    def attempt(path: Path) -> int | DataError:
+def _check_images(paths: Sequence[Path], max_pixels: int) -> list[tuple[int, int] | DataError]:
+    """_check_image for every path in a thread pool, in order: (orientation, frames) or the DataError."""
+    def attempt(path: Path) -> tuple[int, int] | DataError:
         try:
             return _check_image(path, max_pixels)
         except DataError as exc:
@@ -144,8 +152,15 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
 
     detections.json is COCO results format (a list of {"image_id", "category_id", "bbox"
     [x, y, w, h] in stored pixels, "score"}) with "file_name" (and "file_name_b64" for a
-    name that is not valid UTF-8, see json_file_name) and "category_name" added; image_id is
-    the image's position in the input list, category_id the class index.
+    name that is not valid UTF-8, see json_file_name), "category_name" and, when pictures are
+    drawn, "picture" (the annotated copy's file name in out_dir) added; image_id is the image's
+    position in the input list, category_id the class index.
+
+    sources are expanded by expand_sources: an existing file or folder is taken literally, only
+    a path that names nothing is a glob pattern; a file named twice is detected once. Every
+    input gets its own picture, never one overwritten by another's (yolov3.commands.outputs);
+    files an earlier run left in out_dir under the names this run writes are replaced, with a
+    warning that names them.
 
     In order, before the model is loaded: the sources are expanded (FileNotFoundError), the
     output folder is checked (OutputError, a ValueError), and every image is decoded once
@@ -158,8 +173,9 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
     (a set's name or 18 numbers otherwise, anchors.as_anchors).
 
     Returns {"images": images detected, "detections", "skipped": [message per skipped image],
-    "notes": [one line per image with an EXIF orientation tag, which is not applied],
-    "out", "weights"}.
+    "notes": [one line per image with an EXIF orientation tag, which is not applied, or with
+    several frames, of which the first is read], "pictures": [(input path, picture name) per
+    image drawn], "replaced": [names of an earlier run's files replaced], "out", "weights"}.
     """
     paths = expand_sources(sources)
     out = Path(out_dir)
@@ -172,18 +188,30 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
     if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more bad image(s); --skip-bad skips and lists them)" if len(bad) > 1 else ""
         raise DataError(f"{bad[0]}{more}")
-    todo = []
+    todo, oriented, animated = [], [], []
     for i, res in enumerate(checked):
         if isinstance(res, DataError):
             skipped.append(str(res))
             continue
         todo.append(i)
-        if res != 1:
-            notes.append(f"{printable(str(paths[i]))}: EXIF orientation {res} (a viewer shows it "
-                         f"{ORIENTATIONS[res]}) is not applied: boxes are in the stored pixels")
-    if notes:
+        orientation, frames = res
+        if orientation != 1:
+            oriented.append(printable(str(paths[i])))
+            notes.append(f"{oriented[-1]}: EXIF orientation {orientation} (a viewer shows it "
+                         f"{ORIENTATIONS[orientation]}) is not applied: boxes are in the stored pixels")
+        if frames != 1:
+            animated.append(f"{printable(str(paths[i]))} ({frames_text(frames)})")
+            notes.append(f"{printable(str(paths[i]))}: {frames_text(frames)}; only the first is read")
+    if oriented:
         log.warning("%d image(s) carry an EXIF orientation tag, not applied (boxes are in the stored pixels, as "
-                    "in training): %s", len(notes), "; ".join(n.split(": EXIF")[0] for n in notes))
+                    "in training): %s", len(oriented), "; ".join(oriented))
+    if animated:
+        log.warning("%d image(s) hold several frames (animated, or pages); only the first frame of each is read: %s",
+                    len(animated), "; ".join(animated))
+    names = input_names(paths, reserved=[DETECTIONS_FILE])
+    replaced = left_from_before(listing(out), [DETECTIONS_FILE, *([names[i] for i in todo] if draw else [])])
+    if replaced:
+        log.warning("%s", describe_replaced(out, replaced))
 
     # Imported only now: torch and the model code take seconds to import, the checks above do not.
     from rich.progress import Progress  # not in a Space, which imports this module for coco_records
@@ -194,8 +222,7 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
     if backend is not None:
         detector = detector.with_backend(backend)
     created = _make_output_dir(out)
-    names = _output_names(paths)
-    results, per_image = [], []
+    results, per_image, pictures = [], [], []
     try:
         with Progress(transient=True) as progress:
             task = progress.add_task("detecting", total=len(todo))
@@ -211,14 +238,16 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
                             raise
                         skipped.append(str(exc))
                 for i, img, det in zip(ok, images, detector(images) if images else []):
-                    results += coco_records(det, detector.class_names, i, str(paths[i]))
+                    results += coco_records(det, detector.class_names, i, str(paths[i]),
+                                            names[i] if draw else None)
                     per_image.append(len(det))
                     if draw:
                         picture = draw_boxes(img, det[:, :4], det[:, 5].astype(int), detector.class_names,
                                              scores=det[:, 4])
                         Image.fromarray(picture).save(out / names[i])
+                        pictures.append((str(paths[i]), names[i]))
                 progress.advance(task, len(chunk))
-        (out / "detections.json").write_text(json.dumps(results, indent=1))
+        (out / DETECTIONS_FILE).write_text(json.dumps(results, indent=1))
     except BaseException:
         for folder in created:  # deepest first; a folder with anything in it stays
             try:
@@ -227,7 +256,8 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
                 break
         raise
     return {"images": len(per_image), "detections": len(results), "skipped": skipped, "notes": notes,
-            "out": str(out), "weights": detector.source, "loaded": detector.describe()}
+            "pictures": pictures, "replaced": replaced, "out": str(out), "weights": detector.source,
+            "loaded": detector.describe()}
 
 
 def command(args: argparse.Namespace) -> None:
@@ -245,3 +275,9 @@ def command(args: argparse.Namespace) -> None:
         print(f"skipped {line}")
     for line in summary.get("notes", []):
         print(f"note: {line}")
+    renamed = [(src, name) for src, name in summary.get("pictures", []) if Path(src).name != name]
+    if renamed:
+        shown = ", ".join(f"{printable(src)} -> {printable(name)}" for src, name in renamed[:5])
+        more = f" and {len(renamed) - 5} more" if len(renamed) > 5 else ""
+        print(f"note: {len(renamed)} picture(s) named apart from their image, so none overwrites another "
+              f"(each detections.json row names its picture): {shown}{more}")

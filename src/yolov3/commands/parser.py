@@ -30,6 +30,11 @@ def _add_detector_args(p: argparse.ArgumentParser, weights_required: bool = True
                    help="cpu or cuda (default: cuda when there is one; the onnxruntime backend runs on the cpu)")
 
 
+# How every image-path argument is read (yolov3.data.sample.expand_sources).
+PATHS_RULE = ("an existing file or folder is taken literally, even with *, ? or [ in its name; only a path that "
+              "names nothing is a glob pattern (quote it: 'dir/*.jpg', 'dir/**/*.png'); a file named twice is "
+              "read once")
+
 WEIGHTS_HELP = ("a .ckpt checkpoint, a .safetensors or .onnx export, or the course's checkpoint (its "
                 "save_checkpoint .pth.tar or Lightning .ckpt), recognised from the content")
 
@@ -65,7 +70,7 @@ def _add_int8_args(p: argparse.ArgumentParser):
     q.add_argument("--calib", type=int, default=CALIB_IMAGES,
                    help=f"calibration images, spread over the split (default {CALIB_IMAGES})")
     q.add_argument("--data", nargs="+", help="a dataset root (Kaggle or VOCdevkit layout), or image files, "
-                                             "folders or globs (calibration only)")
+                                             f"folders or globs (calibration only; {PATHS_RULE})")
     q.add_argument("--calib-split", default=None,
                    help="the split that calibrates (default: train.csv, or 2012-train for VOCdevkit)")
     q.add_argument("--eval-split", default=None,
@@ -112,8 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", type=int, default=320, help="grid cell size in pixels (larger images are shrunk)")
 
     p = sub.add_parser("detect", help="detect objects in images: annotated copies + detections.json (COCO results)")
-    p.add_argument("sources", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--out", default="runs/detect", help="output folder (default runs/detect)")
+    p.add_argument("sources", nargs="+", help=f"image files, folders or glob patterns: {PATHS_RULE}; each image "
+                                              "gets its own annotated picture (images sharing a name get the "
+                                              "folders that tell them apart in front, or -2)")
+    p.add_argument("--out", default="runs/detect",
+                   help="output folder (default runs/detect); an earlier run's files of the same names are "
+                        "replaced, with a warning that names them")
     _add_detector_args(p)
     p.add_argument("--batch", type=int, default=8, help="images per forward pass")
     p.add_argument("--max-det", type=int, default=None,
@@ -127,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cam", help="Grad-CAM / Grad-CAM++ per detection and EigenCAM per image",
                        description="One overlay per detection (its own map, its box drawn), one EigenCAM "
                                    "overlay per image, contact_sheet.png and cam.json in --out.")
-    p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("images", nargs="+", help=f"image files, folders or glob patterns: {PATHS_RULE}")
     p.add_argument("--method", choices=CAM_METHODS, default="gradcam",
                    help="per-detection method (eigencam: only the per-image maps); default gradcam")
     p.add_argument("--layer", default="head",
@@ -144,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--examples", nargs="*", default=[],
-                   help="example images (files, folders, globs); default: the demo's runs/demo/examples")
+                   help=f"example images (files, folders, globs: {PATHS_RULE}); default: the demo's "
+                        "runs/demo/examples")
     _add_backend_arg(p, "; explanations then still run on torch")
     p.add_argument("--concurrency", type=int, default=1, help="requests run at once (default 1)")
     p.add_argument("--max-queue", type=int, default=16, help="requests that may wait (default 16)")
@@ -175,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="what runs the network in the Space (default: onnxruntime for ONNX, torch for safetensors)")
     p.add_argument("--examples", nargs="*", default=[],
-                   help="example images (files, folders, globs); default: the demo's runs/demo/examples")
+                   help=f"example images (files, folders, globs: {PATHS_RULE}); default: the demo's "
+                        "runs/demo/examples")
     p.add_argument("--title", default="YOLOv3 detector", help="the Space's title")
     _add_int8_args(p)
     return parser

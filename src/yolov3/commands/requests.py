@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from yolov3.data.sample import DataError, image_size, load_rgb
+from yolov3.data.sample import DataError, decode_image, frames_text, image_size
 
 # Refused above this many pixels: decoding alone would need > 120 MB and seconds, and the
 # network sees at most 608 x 608 anyway. Images with a longer side than MAX_SIDE are
@@ -52,7 +52,9 @@ def read_upload(path: str | Path | None, max_pixels: int = MAX_PIXELS, max_side:
     """An uploaded file -> ((H, W, 3) uint8 RGB, a note for the user; "" when nothing was done).
 
     The header is read first, so a file that is not an image, or is too big, is refused
-    before any decoding. Raises UploadError naming the file (`name`, else the path's name).
+    before any decoding. Of an image of several frames (animated GIF, PNG or WebP, multi-page
+    TIFF) the first is read, and the note says so. Raises UploadError naming the file (`name`,
+    else the path's name).
     """
     if path is None:
         raise UploadError("no image: upload one, take a webcam snapshot or pick an example")
@@ -68,16 +70,18 @@ def read_upload(path: str | Path | None, max_pixels: int = MAX_PIXELS, max_side:
                           f"{max_pixels / 1e6:.0f} MP. Downscale it first, or use `yolov3 detect`, "
                           f"which has no limit.")
     try:
-        image = load_rgb(path)
+        image, _, frames = decode_image(path)
     except DataError as exc:
         raise UploadError(f"{label} could not be decoded ({_reason(exc)})") from None
+    first = f"{label} holds {frames_text(frames)}; only the first is read." if frames != 1 else ""
     if max(w, h) <= max_side:
-        return image, ""
+        return image, first
     scale = max_side / max(w, h)
     new = (max(1, round(w * scale)), max(1, round(h * scale)))
     image = cv2.resize(image, new, interpolation=cv2.INTER_AREA)
-    return image, (f"{label} was downscaled from {w} x {h} to {new[0]} x {new[1]} pixels (longer side at most "
-                   f"{max_side}); boxes are in the downscaled image's pixels.")
+    return image, " ".join(filter(None, (first, f"{label} was downscaled from {w} x {h} to {new[0]} x {new[1]} "
+                                                f"pixels (longer side at most {max_side}); boxes are in the "
+                                                f"downscaled image's pixels.")))
 
 
 def described(value) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from yolov3.commands.app import find_examples
 from yolov3.commands.export import int8_images, int8_options_given, print_int8
+from yolov3.commands.outputs import input_names
 from yolov3.deploy import CALIB_IMAGES, export_int8
 from yolov3.detector import Detector, weights_format
 from yolov3.onnx_backend import CALIB_METHODS
@@ -58,7 +59,9 @@ def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", ba
         fmt: the weights the Space serves: "onnx-int8" (default), "onnx" or "safetensors".
         backend: what runs the network in the Space: "onnxruntime" (default for ONNX) or
             "torch" (default for safetensors; only possible with safetensors).
-        examples: image files for the page's examples (at least one).
+        examples: image files for the page's examples (at least one); copied into examples/
+            under their names, those sharing a name (case-insensitively) with the folders that
+            tell them apart in front, or -2 (yolov3.commands.outputs.input_names).
         title: the Space's title.
         detector: `weights` already loaded (Detector.load), when the caller has it.
 
@@ -118,11 +121,10 @@ def build_space(weights: str | Path, out: str | Path, fmt: str = "onnx-int8", ba
     served = Detector.load(detect_file)  # what the Space will load: its settings go into the README
 
     (out / "examples").mkdir()
-    copied = []
-    for k, e in enumerate(examples):
-        name = e.name if e.name not in copied else f"{k}_{e.name}"
+    # examples sharing a name (two folders' IMG_0001.jpg) get names apart, as detect's pictures
+    copied = input_names(examples, label=lambda e: e.name)
+    for e, name in zip(examples, copied):
         shutil.copyfile(e, out / "examples" / name)
-        copied.append(name)
     package = Path(__file__).resolve().parents[1]  # the yolov3 package (this is yolov3/commands/space.py)
     shutil.copytree(package, out / "yolov3", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     requirements = runtime_requirements(safetensors=fmt == "safetensors")

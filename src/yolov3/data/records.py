@@ -27,6 +27,8 @@ Record carries its file's ``digest`` so that the DataModule can compare splits t
 Boxes refer to the stored pixels: an EXIF orientation tag is not applied (as in the VOC
 devkit, darknet and the course's code); the readers list the images that carry one in
 ``exif_oriented`` and one warning, since a viewer shows those images rotated or mirrored.
+An image of several frames (animated GIF, PNG or WebP, multi-page TIFF) is read at its first
+frame; the readers list those in ``multi_frame`` and one warning, with their frame counts.
 
 Split and label files are read as bytes and decoded as UTF-8 with surrogateescape, so an
 image name that is not valid UTF-8 (file names are bytes on Linux) still names its file exactly.
@@ -48,7 +50,8 @@ from typing import Any
 import numpy as np
 
 from yolov3.constants import VOC_CLASSES
-from yolov3.data.sample import MAX_PIXELS, DataError, Sample, annotation_arrays, load_rgb, printable, read_image
+from yolov3.data.sample import (MAX_PIXELS, DataError, Sample, annotation_arrays, decode_image, frames_text, load_rgb,
+                                printable)
 
 __all__ = [
     "Record",
@@ -144,10 +147,13 @@ class DetectionSource(Sequence):
     duplicate_images: list[str], one message per image whose file has the same bytes as an
                    earlier image of the split ("images/c.jpg has the same bytes as images/a.jpg");
                    both are kept.
+    multi_frame:   list[tuple[Path, int]], the indexed images of several frames and how many
+                   (0: several, uncountable; see sample.Decoded); only the first frame is read.
     max_pixels:    images above this many pixels are refused (DataError) before decoding.
     """
 
     max_pixels: int = MAX_PIXELS
+    multi_frame: list[tuple[Path, int]] = []  # a reader sets its own (LayoutReader); never appended to
 
     def __init__(
         self,
@@ -236,10 +242,14 @@ class LayoutReader(DetectionSource):
         self.box_tolerance = float(box_tolerance)
         self.max_pixels = int(max_pixels)
         skipped: list[str] = []
+        self._frames: dict[Path, int] = {}  # written by _decode_size from the pool's threads
         items, what = self._list_items(skip_bad, skipped)
         built = _build_records(items, self._build, skip_bad, what, skipped)
         super().__init__(built.records, self.class_names, skipped, built.oriented, built.duplicate_boxes,
                          built.duplicate_images)
+        self.multi_frame = [(r.image_path, self._frames[r.image_path]) for r in built.records
+                            if self._frames.get(r.image_path, 1) != 1]
+        _warn_multi_frame(what, self.multi_frame)
 
     def _list_items(self, skip_bad: bool, skipped: list[str]) -> tuple[list[Any], str]:
         """The split's images as items for `_build`, in split order, and the split's name for
@@ -257,15 +267,26 @@ class LayoutReader(DetectionSource):
         corrupt fails now, not mid-epoch. The DataError names the file and, after it, `listed`
         (where the split lists it)."""
         try:
-            image, orientation = read_image(image_path, self.max_pixels)
-            # read again (from the page cache) rather than changing read_image: hashing the
+            image, orientation, frames = decode_image(image_path, self.max_pixels)
+            # read again (from the page cache) rather than changing the decoder: hashing the
             # bytes costs about 0.3 ms a VOC photo against its 3.5 ms decode
             digest = hashlib.blake2b(image_path.read_bytes(), digest_size=16).hexdigest()
         except DataError as exc:
             raise DataError(f"{exc} {listed}") from None
         except OSError as exc:  # the file went away between the two reads
             raise DataError(f"{image_path}: cannot read image ({exc}) {listed}") from None
+        if frames != 1:
+            self._frames[Path(image_path)] = frames
         return image.shape[1], image.shape[0], orientation, digest
+
+
+def _warn_multi_frame(what: str, multi_frame: Sequence[tuple[Path, int]]) -> None:
+    """One warning for the images of several frames, naming the first few with their counts."""
+    if multi_frame:
+        first = ", ".join(f"{printable(str(p))} ({frames_text(n)})" for p, n in multi_frame[:_WARN_FIRST])
+        more = f" (and {len(multi_frame) - _WARN_FIRST} more)" if len(multi_frame) > _WARN_FIRST else ""
+        log.warning("%s: %d image(s) hold several frames (animated, or pages); only the first frame of each is "
+                    "read, for training and evaluation alike: %s%s", printable(what), len(multi_frame), first, more)
 
 
 # --------------------------------------------------------------------------- shared helpers
