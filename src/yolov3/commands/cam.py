@@ -17,6 +17,7 @@ from yolov3.cam import METHODS, explain, resolve_layer
 from yolov3.commands.detect import _output_names
 from yolov3.data.sample import expand_sources, load_rgb
 from yolov3.detector import Detector
+from yolov3.progress import ProgressLines, is_terminal
 from yolov3.viz import image_grid, render_cam
 
 
@@ -46,6 +47,7 @@ def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "g
     out.mkdir(parents=True, exist_ok=True)
     stems = [Path(n).stem for n in _output_names(paths)]
     sheet, records, seconds, zero = [], [], 0.0, 0
+    lines = None if is_terminal() else ProgressLines("explaining", len(paths))  # off a terminal only (as detect)
     for start in range(0, len(paths), batch_size):
         idx = list(range(start, min(start + batch_size, len(paths))))
         images = [load_rgb(paths[i]) for i in idx]
@@ -65,6 +67,10 @@ def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "g
                                 "bbox_xyxy": [round(float(v), 2) for v in c.box], "score": round(c.score, 6),
                                 "target": round(c.target, 6), "cell": list(c.cell), "layer": c.layer,
                                 "method": method})
+        if lines is not None:
+            lines.advance(len(idx))
+    if lines is not None:
+        lines.finish()
     if any(sheet):
         Image.fromarray(_sheet(sheet, cols, cell)).save(sheet_path or out / "contact_sheet.png")
     (out / "cam.json").write_text(json.dumps(records, indent=1))

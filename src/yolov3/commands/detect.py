@@ -186,7 +186,9 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
                     "in training): %s", len(notes), "; ".join(n.split(": EXIF")[0] for n in notes))
 
     # Imported only now: torch and the model code take seconds to import, the checks above do not.
-    from rich.progress import Progress  # not in a Space, which imports this module for coco_records
+    # The progress: a transient rich bar on a terminal (rich is not in a Space, which imports this
+    # module for coco_records), plain lines elsewhere (yolov3.progress).
+    from yolov3.progress import counting
 
     detector = Detector.load(weights, size=size, conf_threshold=conf, iou_threshold=iou,
                              max_detections=max_detections, device=device, anchors=anchors)
@@ -196,8 +198,7 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
     names = _output_names(paths)
     results, per_image = [], []
     try:
-        with Progress(transient=True) as progress:
-            task = progress.add_task("detecting", total=len(todo))
+        with counting("detecting", len(todo)) as advance:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]
                 images, ok = [], []
@@ -216,7 +217,7 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
                         picture = draw_boxes(img, det[:, :4], det[:, 5].astype(int), detector.class_names,
                                              scores=det[:, 4])
                         Image.fromarray(picture).save(out / names[i])
-                progress.advance(task, len(chunk))
+                advance(len(chunk))
         (out / "detections.json").write_text(json.dumps(results, indent=1))
     except BaseException:
         for folder in created:  # deepest first; a folder with anything in it stays
