@@ -200,7 +200,8 @@ def test_fit_validate_and_test_print_plain_lines(synth_root, tmp_path, monkeypat
     each line's loss is the step's train/loss that metrics.csv records."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["yolov3"])
-    args = _tiny(synth_root, "--trainer.max_epochs", "2", "--progress_every", "0")
+    monkeypatch.setenv(PROGRESS_ENV, "0")
+    args = _tiny(synth_root, "--trainer.max_epochs", "2")
     main(["fit", *args])
     out = capsys.readouterr().out
     assert "fit: 2 epochs, 8 steps, 4 batches an epoch; a progress line every step" in out

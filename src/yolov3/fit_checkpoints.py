@@ -70,14 +70,32 @@ def check_monitors(trainer, map_every_n_epochs: int) -> None:
             raise ValueError(f"{where}: the model logs no metric {cb.monitor!r}, so no best checkpoint could be "
                              f"chosen (and Lightning stops at the first validation); validation logs "
                              f"{', '.join(VAL_METRICS + VAL_MAP_METRICS)}, training {', '.join(TRAIN_METRICS)}")
-        if cb.monitor in VAL_MAP_METRICS:
-            n, every = map_every_n_epochs, trainer.check_val_every_n_epoch
-            if n == 1 or (n > 1 and every is not None and every % n == 0):
-                continue
-            when = "never" if n <= 0 else f"only every {n} epochs"
+        epoch = _epoch_without_map(trainer, map_every_n_epochs) if cb.monitor in VAL_MAP_METRICS else None
+        if epoch is not None:
+            n = map_every_n_epochs
+            when = "never" if n <= 0 else f"only every {n} epochs and at the last"
+            after = f"after epoch {epoch}" if epoch else "of some epoch"
             raise ValueError(f"{where}: validation computes {cb.monitor} {when} (model.evaluation.map_every_n_epochs "
-                             f"{n}), so a validation without it would stop the fit; set map_every_n_epochs 1 or "
-                             f"monitor val/loss")
+                             f"{n}), so the validation {after} (trainer.check_val_every_n_epoch "
+                             f"{trainer.check_val_every_n_epoch}) would have none and stop the fit; set "
+                             f"map_every_n_epochs 1 or monitor val/loss")
+
+
+def _epoch_without_map(trainer, n: int) -> int | None:
+    """The first epoch (1-based) whose validation computes no mAP (yolov3.lit's _map_now: every
+    n-th epoch and the last), 0 when some unknown one does (no epoch limit), None when none does."""
+    if n == 1:
+        return None
+    if n <= 0:
+        return 1
+    every, last = trainer.check_val_every_n_epoch, trainer.max_epochs
+    if last in (None, -1):
+        return None if every is not None and every % n == 0 else 0
+    for epoch in range(1, last + 1):
+        validates = every is None or epoch % every == 0
+        if validates and epoch % n != 0 and epoch < last:
+            return epoch
+    return None
 
 
 def no_validation_reason(trainer) -> str | None:
