@@ -162,6 +162,39 @@ def test_cam_prints_plain_lines_off_a_terminal(tmp_path, monkeypatch, capsys, ti
     assert _plain(capsys.readouterr().out, "explaining") == [("2", "3", "67"), ("3", "3", "100")]
 
 
+def test_the_training_line_counts_the_steps_since_the_last_line():
+    """PlainProgressBar on a stand-in trainer and a hand clock: img/s = images / seconds of the
+    window, loss = mean of its finite step losses, eta = steps left x seconds per step so far."""
+    import torch
+    from types import SimpleNamespace
+
+    from yolov3.train_progress import PlainProgressBar, batch_images
+
+    clock, out = Clock(), io.StringIO()
+    bar = PlainProgressBar(every=10, stream=out, clock=clock)
+    trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=1000, num_training_batches=100,
+                              max_epochs=10, current_epoch=0)
+    bar.on_train_start(trainer, None)
+    assert out.getvalue() == ("fit: 10 epochs, 1000 steps, 100 batches an epoch; a progress line every 10s and at "
+                              "each epoch's end (stdout is not a terminal, so no progress bar)\n")
+    losses = [4.0, 2.0, float("nan"), 3.0, 6.0]
+    for step, loss in enumerate(losses, 1):  # 3 s a step, 8 images a step
+        clock.now += 3.0
+        trainer.global_step = step
+        bar.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, {"images": torch.zeros(8, 3, 4, 4)}, step)
+    lines = out.getvalue().splitlines()[1:]
+    # the 4th step is 12 s after the start: the first line, over steps 1-4 (32 images in 12 s)
+    assert lines == [f"epoch 1/10 step 4/1000 (0%) {32 / 12:.1f} img/s loss {(4 + 2 + 3) / 3:.3f} (1 non-finite) "
+                     f"eta {format_duration(996 * 3.0)}"]
+    trainer.current_epoch, trainer.global_step = 0, 5
+    bar.on_train_epoch_end(trainer, None)  # the rest of the epoch: step 5 alone
+    assert out.getvalue().splitlines()[-1] == f"epoch 1/10 step 5/1000 (0%) {8 / 3:.1f} img/s loss 6.000 eta 49m45s"
+    bar.on_train_epoch_end(trainer, None)  # nothing new since: no line
+    assert len(out.getvalue().splitlines()) == 3
+    assert [batch_images(b) for b in ({"images": torch.zeros(5, 3)}, torch.zeros(2, 1), [torch.zeros(3)], "x")] == \
+        [5, 2, 3, None]
+
+
 # --- the trainer (LightningCLI): which progress bar, and the lines of a real fit / validate / test
 
 def _tiny(root: Path, *extra: str) -> list[str]:

@@ -49,14 +49,21 @@ def batch_images(batch: Any) -> int | None:
     return None
 
 
-def _loss(outputs: Any) -> float | None:
-    """The training step's loss from what on_train_batch_end receives (a tensor or {"loss": ...})."""
+def _loss(outputs: Any) -> Any:
+    """The training step's loss from what on_train_batch_end receives (a tensor or {"loss": ...}),
+    detached and left where it is: reading it (a GPU sync) waits for the line (_mean_loss)."""
     if isinstance(outputs, Mapping):
         outputs = outputs.get("loss")
-    try:
-        return float(outputs)
-    except (TypeError, ValueError, RuntimeError):
-        return None
+    if hasattr(outputs, "detach"):
+        return outputs.detach() if outputs.numel() == 1 else None
+    return outputs if isinstance(outputs, (int, float)) else None
+
+
+def _mean_loss(losses: list) -> tuple[float | None, int]:
+    """(mean of the finite losses or None, how many were not finite)."""
+    values = [float(v) for v in losses]
+    finite = [v for v in values if math.isfinite(v)]
+    return (sum(finite) / len(finite) if finite else None), len(values) - len(finite)
 
 
 class PlainProgressBar(ProgressBar):
@@ -77,7 +84,7 @@ class PlainProgressBar(ProgressBar):
         self._last = clock()
         self._fit_start, self._fit_step0 = 0.0, 0
         self._window_start = 0.0
-        self._window_images, self._losses, self._nonfinite, self._window_steps = 0, [], 0, 0
+        self._window_images, self._losses, self._window_steps = 0, [], 0
         self._eval_start, self._eval_batches, self._eval_images = 0.0, 0, 0
         self._eval_total: tuple[float, int | None] = (0, None)
 
@@ -113,17 +120,14 @@ class PlainProgressBar(ProgressBar):
 
     def _reset_window(self) -> None:
         self._window_start = self.clock()
-        self._window_images, self._losses, self._nonfinite, self._window_steps = 0, [], 0, 0
+        self._window_images, self._losses, self._window_steps = 0, [], 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._window_steps += 1
         self._window_images += batch_images(batch) or 0
         loss = _loss(outputs)
         if loss is not None:
-            if math.isfinite(loss):
-                self._losses.append(loss)
-            else:
-                self._nonfinite += 1
+            self._losses.append(loss)
         if self._due():
             self._write(self.train_line(trainer))
 
@@ -145,10 +149,11 @@ class PlainProgressBar(ProgressBar):
         seconds = now - self._window_start
         if self._window_images and seconds > 0:
             parts.append(f"{self._window_images / seconds:.1f} img/s")
-        if self._losses:
-            parts.append(f"loss {sum(self._losses) / len(self._losses):.3f}")
-        if self._nonfinite:
-            parts.append(f"({self._nonfinite} non-finite)")
+        loss, nonfinite = _mean_loss(self._losses)
+        if loss is not None:
+            parts.append(f"loss {loss:.3f}")
+        if nonfinite:
+            parts.append(f"({nonfinite} non-finite)")
         done = step - self._fit_step0
         if math.isfinite(total) and 0 < done and step < total:
             parts.append(f"eta {format_duration((total - step) * (now - self._fit_start) / done)}")
