@@ -22,6 +22,7 @@ from yolov3.cam import METHODS, explain, resolve_layer
 from yolov3.commands.outputs import OutputNames, describe_replaced, input_names, left_from_before, listing, safe_part
 from yolov3.data.sample import decode_image, expand_sources, frames_text, printable
 from yolov3.detector import Detector
+from yolov3.progress import ProgressLines, is_terminal
 from yolov3.viz import image_grid, render_cam
 
 log = logging.getLogger("yolov3.commands.cam")
@@ -69,6 +70,7 @@ def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "g
     taken = OutputNames([CAM_FILE, SHEET_FILE])
     written, notes = [], []
     sheet, records, seconds, zero = [], [], 0.0, 0
+    lines = None if is_terminal() else ProgressLines("explaining", len(paths))  # off a terminal only (as detect)
     for start in range(0, len(paths), batch_size):
         idx = list(range(start, min(start + batch_size, len(paths))))
         decoded = [decode_image(paths[i]) for i in idx]
@@ -98,6 +100,10 @@ def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "g
                                 "bbox_xyxy": [round(float(v), 2) for v in c.box], "score": round(c.score, 6),
                                 "target": round(c.target, 6), "cell": list(c.cell), "layer": c.layer,
                                 "method": method})
+        if lines is not None:
+            lines.advance(len(idx))
+    if lines is not None:
+        lines.finish()
     if any(sheet):
         Image.fromarray(_sheet(sheet, cols, cell)).save(sheet_path or out / SHEET_FILE)
         if sheet_path is None:

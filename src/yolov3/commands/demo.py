@@ -23,6 +23,7 @@ from yolov3.commands.lightning_cli import load_cli
 from yolov3.commands.report import ACCURACIES, summarise, write_report
 from yolov3.data.synthetic import generate
 from yolov3.detector import Detector
+from yolov3.fit_checkpoints import check_monitors, fit_checkpoints
 from yolov3.viz import draw_boxes, image_grid, plot_training_curves
 
 # The bars the mission sets for reduced-width models (class, no-object, object accuracy).
@@ -31,7 +32,13 @@ BARS = {"class_acc": 75.0, "noobj_acc": 95.0, "obj_acc": 70.0}
 
 def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600, n_test: int = 200,
              seed: int = 0, out_dir: str = "runs/demo", overrides: list[str] | None = None) -> dict:
-    """Run the demo; `overrides` are extra LightningCLI arguments (e.g. --trainer.max_epochs 2)."""
+    """Run the demo; `overrides` are extra LightningCLI arguments (e.g. --trainer.max_epochs 2).
+
+    It tests, draws and explains the best checkpoint of its fit; a fit without one (no
+    validation ran, e.g. --data.val_fraction 0) says so and why, and the demo uses its
+    last.ckpt instead (metrics.json: "checkpoint_kind" "last", "checkpoint_note").
+    SystemExit naming the setting when the config writes no checkpoint or monitors a metric
+    the model does not log."""
     t0 = time.perf_counter()
     console = Console()
     data = Path(data_dir)
@@ -44,21 +51,36 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
 
     cli = load_cli(config, ["--data.root", str(data), *(overrides or [])])
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    try:
+        check_monitors(trainer, model.evaluation.map_every_n_epochs)
+    except ValueError as exc:
+        raise SystemExit(f"yolov3 demo: {exc}") from None
+    if not trainer.checkpoint_callbacks:
+        raise SystemExit("yolov3 demo: the trainer writes no checkpoint (trainer.enable_checkpointing is false), "
+                         "and the demo tests, draws and explains the checkpoint its fit writes")
     console.print(f"[bold]2/4[/] training width {model.hparams.width} for {trainer.max_epochs} epochs "
                   f"on {trainer.accelerator.__class__.__name__.replace('Accelerator', '')}")
     t1 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     t_fit = time.perf_counter() - t1
 
-    console.print("[bold]3/4[/] testing the best checkpoint on the held-out synthetic test split")
+    # the best checkpoint; without one (no validation ran: yolov3.fit_checkpoints says why), the last
+    saved = fit_checkpoints(trainer)
+    best = saved.path
+    if best is None:
+        raise SystemExit(f"yolov3 demo: the fit wrote no checkpoint to test ({saved.why_no_best or 'none saved'})")
+    if saved.best:
+        console.print("[bold]3/4[/] testing the best checkpoint on the held-out synthetic test split")
+    else:
+        console.print(f"[bold]3/4[/] no best checkpoint ({saved.why_no_best}): testing the last one, {best} (the "
+                      "weights as training left them), on the held-out synthetic test split")
     t2 = time.perf_counter()
-    test = trainer.test(model, datamodule=dm, ckpt_path="best", verbose=False)[0]
+    test = trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)[0]
     t_test = time.perf_counter() - t2
 
     console.print("[bold]4/4[/] writing the report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    best = trainer.checkpoint_callback.best_model_path
     figures = {k: float(test[f"test/{k}"]) for k in ("class_acc", "noobj_acc", "obj_acc")}
     maps = {k: float(test[f"test/{k}"]) for k in ("map_07", "map_2010", "coco_map", "coco_map_50")}
     metrics = {
@@ -72,6 +94,8 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
         "image_size": dm.image_size,
         "epochs": trainer.current_epoch,
         "checkpoint": best,
+        "checkpoint_kind": "best" if saved.best else "last",
+        **({} if saved.best else {"checkpoint_note": f"no best checkpoint: {saved.why_no_best}"}),
         "seconds": {"data": round(t_data, 1), "fit": round(t_fit, 1), "test": round(t_test, 1)},
     }
     write_report(summarise(test, model.test_results, dm.class_names), model.test_results, dm.class_names, out)
@@ -90,7 +114,8 @@ def run_demo(config: str, data_dir: str = "data/synthetic", n_train: int = 1600,
     table.add_row("loss", f"{metrics['test']['loss']:.3f}", "")
     console.print(table)
     console.print(f"wrote {out}/metrics.json, results.json, curves.png, predictions.png, pr_curves.png, "
-                  f"ap_per_class.png, detect/, cam/, cam_sheet.png, examples/; checkpoint {best}; "
+                  f"ap_per_class.png, detect/, cam/, cam_sheet.png, examples/; {metrics['checkpoint_kind']} "
+                  f"checkpoint {best}; "
                   f"{metrics['seconds']['total']:.0f} s in all")
     return metrics
 

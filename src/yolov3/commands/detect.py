@@ -214,7 +214,9 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
         log.warning("%s", describe_replaced(out, replaced))
 
     # Imported only now: torch and the model code take seconds to import, the checks above do not.
-    from rich.progress import Progress  # not in a Space, which imports this module for coco_records
+    # The progress: a transient rich bar on a terminal (rich is not in a Space, which imports this
+    # module for coco_records), plain lines elsewhere (yolov3.progress).
+    from yolov3.progress import counting
 
     detector = Detector.load(weights, size=size, conf_threshold=conf, iou_threshold=iou,
                              max_detections=max_detections, device=device, anchors=anchors,
@@ -224,8 +226,7 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
     created = _make_output_dir(out)
     results, per_image, pictures = [], [], []
     try:
-        with Progress(transient=True) as progress:
-            task = progress.add_task("detecting", total=len(todo))
+        with counting("detecting", len(todo)) as advance:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]
                 images, ok = [], []
@@ -246,7 +247,7 @@ def run_detect(sources: Sequence[str], weights: str, out_dir: str, conf: float =
                                              scores=det[:, 4])
                         Image.fromarray(picture).save(out / names[i])
                         pictures.append((str(paths[i]), names[i]))
-                progress.advance(task, len(chunk))
+                advance(len(chunk))
         (out / DETECTIONS_FILE).write_text(json.dumps(results, indent=1))
     except BaseException:
         for folder in created:  # deepest first; a folder with anything in it stays
@@ -265,7 +266,8 @@ def command(args: argparse.Namespace) -> None:
         summary = run_detect(args.sources, args.weights, args.out, conf=args.conf, iou=args.iou, size=args.size,
                              device=args.device, batch_size=args.batch, max_detections=args.max_det,
                              skip_bad=args.skip_bad, draw=not args.no_draw, backend=args.backend,
-                             anchors=args.anchors, letterbox=args.letterbox, **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
+                             anchors=args.anchors, letterbox=args.letterbox,
+                             **({"max_pixels": args.max_pixels} if args.max_pixels else {}))
     except (FileNotFoundError, DataError, ValueError) as exc:
         raise SystemExit(f"yolov3 detect: {exc}") from None
     print(summary["loaded"])

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from jsonargparse._actions import _ActionPrintConfig  # private: tests/test_configs.py notices a change
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from yolov3.checkpoint_io import read_hyperparameters
@@ -22,9 +23,12 @@ from yolov3.data.datamodule import YoloDataModule
 from yolov3.anchors import as_anchors, describe_anchors
 from yolov3.constants import VOC_CLASSES
 from yolov3.detector import EVAL_SETTINGS, Detector
+from yolov3.fit_checkpoints import CheckpointNotice, check_monitors, fit_checkpoints
 from yolov3.hparams import grouped_hparams
 from yolov3.lit import YoloLitModule
+from yolov3.progress import is_terminal, progress_every
 from yolov3.run_dirs import RunFolder, name_run, place_run
+from yolov3.train_progress import PlainProgressBar
 
 log = logging.getLogger("yolov3")
 
@@ -51,6 +55,11 @@ class YoloCLI(LightningCLI):
         parser.add_argument("--anchors", type=Optional[str], default=None,
                             help="with --weights: decode with these anchors (coco, course or 18 numbers) "
                                  "instead of the file's (a course file's are the course's)")
+        parser.add_argument("--progress_every", type=Optional[float], default=None,
+                            help="when stdout is not a terminal (a file, a pipe, CI), print a plain progress "
+                                 "line every this many seconds instead of the progress bar (0: every step; "
+                                 "default $YOLOV3_PROGRESS_EVERY or 30); trainer.enable_progress_bar false: "
+                                 "no progress at all")
 
     def parse_arguments(self, parser, args) -> None:
         """LightningCLI's parse, then the config's `run:` named into its trainer and loggers
@@ -165,16 +174,43 @@ class YoloCLI(LightningCLI):
         plugins = list(configured) if isinstance(configured, (list, tuple)) else [configured] if configured else []
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(SafeCheckpointIO())
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": self._run_callbacks()}
         return super().instantiate_trainer(plugins=plugins, **kwargs)
 
+    def _run_callbacks(self) -> list:
+        """The callbacks every trainer gets besides the config's: CheckpointNotice (says at the
+        start of a fit when no best checkpoint will be written), and, when stdout is not a
+        terminal, PlainProgressBar in place of Lightning's bar (which draws nothing there
+        until a stage ends), unless the progress bar is off or the config names its own."""
+        callbacks = [CheckpointNotice()]
+        trainer = self._get(self.config_init, "trainer", default={})
+        configured = trainer.get("callbacks") or []
+        configured = configured if isinstance(configured, (list, tuple)) else [configured]
+        try:
+            every = progress_every(self._get(self.config_init, "progress_every"), "--progress_every")
+        except ValueError as exc:
+            raise SystemExit(f"yolov3 {self.subcommand or ''}: {exc}".replace(":  ", ": ")) from None
+        own_bar = any(isinstance(c, ProgressBar) for c in configured)
+        if trainer.get("enable_progress_bar", True) is not False and not own_bar and not is_terminal():
+            callbacks.append(PlainProgressBar(every))
+        return callbacks
+
+    def before_fit(self) -> None:
+        """Refuse, before any training, a checkpoint monitor the model never logs (or logs at
+        only some validations): Lightning would stop at the end of the first validation."""
+        try:
+            check_monitors(self.trainer, self.model.evaluation.map_every_n_epochs)
+        except ValueError as exc:
+            raise SystemExit(f"yolov3 fit: {exc}") from None
+
     def after_fit(self) -> None:
+        """The run folder and the checkpoint that exists: the best, else last.ckpt with why
+        there is no best (yolov3.fit_checkpoints), and the `yolov3 test` line for it."""
         trainer = self.trainer
-        if trainer.global_rank != 0 or trainer.checkpoint_callback is None:
+        if trainer.global_rank != 0:
             return
-        best = trainer.checkpoint_callback.best_model_path
-        print(f"run folder {trainer.log_dir}" + (f"; best checkpoint {best}" if best else ""))
-        if best:
-            print(f"test it with: yolov3 test --config <this config> --ckpt_path {best}")
+        for line in fit_checkpoints(trainer).summary(trainer.log_dir):
+            print(line)
 
     def after_test(self) -> None:
         """`yolov3 test`: print the table and per-class AP; write results.json and the plots."""

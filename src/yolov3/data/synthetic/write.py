@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from multiprocessing import current_process, get_context
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import numpy as np
 from yolov3.constants import VOC_CLASSES
 from yolov3.data.synthetic.design import CLASS_DESIGN, COLOUR_HUES
 from yolov3.data.synthetic.render import RenderedImage, render_image
+from yolov3.progress import counting
 
 
 def _kaggle_lines(r: RenderedImage) -> str:
@@ -129,14 +131,17 @@ def _prepare_out_dir(out: Path) -> None:
 
 def generate(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0,
              voc_xml: bool = False, min_side: int = 256, max_side: int = 448,
-             workers: int | None = None) -> dict:
+             workers: int | None = None, progress: bool = True) -> dict:
     """Write a synthetic dataset of n_train + n_test JPEG images to out_dir.
 
     Kaggle layout always (images/, labels/, train.csv, test.csv), plus the VOCdevkit layout
     under out_dir/VOC2007 when voc_xml is True, plus out_dir/synthetic.json (class design,
     seed, counts). Images are (H, W, 3) with H, W drawn independently from
     [min_side, max_side]. Same arguments give byte-identical files whatever `workers` is
-    (default min(2, cpu count); 0 or 1 renders in this process).
+    (default min(2, cpu count); 0 or 1 renders in this process). With `progress`, when
+    stdout is not a terminal, a plain line `synth <done>/<total> images (..%) .. img/s eta ..`
+    is printed every $YOLOV3_PROGRESS_EVERY seconds (30 by default; yolov3.progress); on a
+    terminal nothing is printed.
 
     Returns {"out_dir", "seed", "images": {split: n}, "boxes": {split: n},
     "difficult": {split: n}, "class_boxes": {split: {class name: n}}}.
@@ -166,17 +171,23 @@ def generate(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0,
             for split in ("train", "test") for i in range(counts[split])]
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
-    if workers <= 1 or len(jobs) < 8:
-        results = [_make_one(j) for j in jobs]
-    else:
-        # "spawn", never "fork": OpenCV's thread pool (and torch's, in the CLI) does not
-        # survive fork; a forked child can deadlock inside cv2. Spawned children re-import
-        # the caller's main script, so scripts must call generate() under
-        # `if __name__ == "__main__":` (console entry points and `python -c` are fine).
-        chunk = max(1, min(32, len(jobs) // (4 * workers)))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker) as ex:
-            results = list(ex.map(_make_one, jobs, chunksize=chunk))
+    results = []
+    with counting("synth", len(jobs), bar=False) if progress else nullcontext(lambda n=1: None) as advance:
+        if workers <= 1 or len(jobs) < 8:
+            for job in jobs:
+                results.append(_make_one(job))
+                advance(1)
+        else:
+            # "spawn", never "fork": OpenCV's thread pool (and torch's, in the CLI) does not
+            # survive fork; a forked child can deadlock inside cv2. Spawned children re-import
+            # the caller's main script, so scripts must call generate() under
+            # `if __name__ == "__main__":` (console entry points and `python -c` are fine).
+            chunk = max(1, min(32, len(jobs) // (4 * workers)))
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                     initializer=_init_worker) as ex:
+                for result in ex.map(_make_one, jobs, chunksize=chunk):  # in order, as they come
+                    results.append(result)
+                    advance(1)
 
     summary: dict = {"out_dir": str(out), "seed": int(seed), "images": {}, "boxes": {},
                      "difficult": {}, "class_boxes": {}}
