@@ -25,6 +25,7 @@ from yolov3.model import YOLOv3
 from yolov3.nonfinite import NonFiniteGuard
 from yolov3.postprocess import postprocess
 from yolov3.pretrained import BackboneFreeze, load_pretrained
+from yolov3.schedule import build_schedule, refit_schedule
 from yolov3.targets import build_targets
 
 log = logging.getLogger("yolov3")
@@ -293,19 +294,16 @@ class YoloLitModule(L.LightningModule):
         # 2-core CPU 6 ms a step for the width-0.125 model against 18 ms for the per-tensor loop.
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
         optimizer = torch.optim.Adam(params, lr=h.max_lr / h.div_factor, weight_decay=h.weight_decay, fused=fused)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        pct_start = h.pct_start
-        if pct_start * total_steps == 1.0:
-            # OneCycleLR divides by (pct_start * total_steps - 1): zero for e.g. 0.125 x 8 steps
-            pct_start *= 1.0 + 1e-6
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=h.max_lr,
-            total_steps=total_steps,
-            pct_start=pct_start,
-            div_factor=h.div_factor,
-            final_div_factor=h.final_div_factor,
-            three_phase=h.three_phase,
-            anneal_strategy=h.anneal_strategy,
-        )
+        # OneCycle: torch's OneCycleLR, made safe for lengths where its phases are degenerate (yolov3.schedule)
+        scheduler = build_schedule(optimizer, h, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """A resumed fit: Lightning has put the checkpoint's optimiser and schedule state over
+        the ones configure_optimizers built for this run; where this run is longer or shorter
+        (max_epochs, max_steps, another training set, batches, accumulation) or its optimiser
+        settings differ, the schedule is rebuilt for this run at the step reached and the
+        weight decay set back (yolov3.schedule.refit_schedule), before the first step."""
+        refit = refit_schedule(self.trainer, self.optim)
+        if refit is not None and self.trainer.is_global_zero:
+            log.info("%s", refit.message())
