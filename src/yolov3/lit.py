@@ -198,7 +198,17 @@ class YoloLitModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A fit resumed in its own run folder keeps the metrics history up to the checkpoint.
         With the EMA, the weights go back where the module keeps them (ModelEMA.read_checkpoint);
-        without, the module takes the checkpoint's "model.*", which are the EMA's if it had one."""
+        without, the module takes the checkpoint's "model.*", which are the EMA's if it had one.
+        The anchors stay this module's (built from the checkpoint's hyper-parameters unless a
+        config or the command line set others), not the buffer the state_dict would put back."""
+        state = checkpoint.get("state_dict") or {}
+        theirs = state.get("anchors")
+        if isinstance(theirs, torch.Tensor) and theirs.shape == self.anchors.shape and not torch.allclose(
+                theirs.to(self.anchors), self.anchors, atol=1e-6, rtol=0):
+            log.warning("this run uses %s; the checkpoint was trained with %s (model.anchors: set by the config, "
+                        "the command line or the module's arguments)", describe_anchors(self.anchors.cpu()),
+                        describe_anchors(theirs.cpu()))
+            state["anchors"] = self.anchors.detach().to(theirs)
         if self.ema is not None:
             self.ema.read_checkpoint(checkpoint)
         if self._trainer is not None and self.trainer.state.fn == "fit":
