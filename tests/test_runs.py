@@ -346,7 +346,8 @@ def test_a_fit_without_a_length_is_refused_before_a_step(synth_root, tmp_path, m
     assert not list(tmp_path.glob("*.ckpt"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["yolov3"])
-    for bound in (["--trainer.max_epochs", "-1"], ["--trainer.max_epochs", "null", "--trainer.max_time", "00:00:10:00"]):
+    for bound in (["--trainer.max_epochs", "-1"],
+                  ["--trainer.max_epochs", "null", "--trainer.max_time", "00:00:10:00"]):
         with pytest.raises(SystemExit) as exc:
             main(["fit", *tiny(synth_root), *bound])
         assert "set trainer.max_epochs or trainer.max_steps" in str(exc.value.code)

@@ -40,10 +40,13 @@ class YoloLitModule(L.LightningModule):
             ("coco": COCO / 416, the default; "course": the course's rounded copy, to
             fine-tune a course model: yolov3.anchors.as_anchors). Checkpoints keep them.
         optim: Adam and its OneCycleLR schedule, and the EMA of the weights
-            (yolov3.hparams.OptimConfig). With optim.ema, validation, test and predict run
-            the EMA (`ema.module`), training runs `model`; checkpoints hold the EMA as
-            "model.*" (what Detector and export read) and the training weights under "ema"
-            (yolov3.ema.ModelEMA.write_checkpoint), so a resumed fit continues exactly.
+            (yolov3.hparams.OptimConfig). The schedule is yolov3.schedule.OneCycle (torch's
+            OneCycleLR, safe at every run length); a resumed fit's is rebuilt for its own
+            length and settings at the start of training (on_train_start). With optim.ema,
+            validation, test and predict run the EMA (`ema.module`), training runs `model`;
+            checkpoints hold the EMA as "model.*" (what Detector and export read) and the
+            training weights under "ema" (yolov3.ema.ModelEMA.write_checkpoint), so a
+            resumed fit continues exactly.
         loss: the loss terms' weights and forms (yolov3.hparams.LossConfig).
         evaluation: the accuracies' threshold and the mAP's detection settings
             (yolov3.hparams.EvalConfig).

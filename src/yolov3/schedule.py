@@ -183,7 +183,8 @@ def schedule_settings(scheduler: OneCycleLR) -> dict:
     group = scheduler.optimizer.param_groups[0]
     ends = [phase["end_step"] for phase in scheduler._schedule_phases]
     return {"total_steps": int(scheduler.total_steps), "max_lr": group["max_lr"],
-            "div_factor": group["max_lr"] / group["initial_lr"], "final_div_factor": group["initial_lr"] / group["min_lr"],
+            "div_factor": group["max_lr"] / group["initial_lr"],
+            "final_div_factor": group["initial_lr"] / group["min_lr"],
             "pct_start": (ends[0] + 1) / scheduler.total_steps, "three_phase": len(ends) == 3,
             "anneal_strategy": scheduler._anneal_func_type}
 
