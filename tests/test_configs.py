@@ -1,5 +1,7 @@
-"""`yolov3 fit` for a few steps on every config in configs/, on CPU with tiny overrides; what each config resolves to."""
+"""`yolov3 fit` for a few steps on every config in configs/, on CPU with tiny overrides; what each config resolves to;
+what a run takes from --ckpt_path and what from its config and command line."""
 
+import json
 import logging
 import os
 import sys
@@ -167,3 +169,168 @@ def test_print_config_resolves_the_trainer_as_before(name, capsys, monkeypatch):
             assert now["init_args"]["dirpath"] is None
             assert os.path.join(first["save_dir"], first["name"], first["version"], "checkpoints") == then.pop("dirpath")
         assert {k: now["init_args"][k] for k in then} == then
+
+
+# --- what a run takes from --ckpt_path, and what from its config and command line (commands/ckpt_settings.py) ---
+
+DEMO = CONFIGS[0].parent / "demo.yaml"
+
+
+def _checkpoint(path: Path, data_record: dict | None = None, flat: dict | None = None, **module_args) -> Path:
+    """A randomly initialised width-0.0625 module saved as Lightning would (no training state)."""
+    import lightning
+    import torch
+
+    from yolov3.constants import DATA_KEY
+    from yolov3.lit import YoloLitModule
+
+    torch.manual_seed(0)
+    module = YoloLitModule(width=0.0625, **module_args)
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": flat or dict(module.hparams),
+            "pytorch-lightning_version": lightning.__version__}
+    if data_record:
+        ckpt[DATA_KEY] = data_record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path
+
+
+def _print_config(argv: list[str], capsys) -> dict:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--print_config"])
+    assert exc.value.code in (0, None), exc.value.code
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def _data_args(synth_root) -> list[str]:
+    return ["--data.root", str(synth_root), "--data.image_size", "64", "--data.batch_size", "4",
+            "--data.num_workers", "0", "--data.cache_images", "false", "--data.val_fraction", "0.25",
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+
+
+def test_test_with_ckpt_path_runs_with_the_command_lines_settings(synth_root, tmp_path, monkeypatch, caplog):
+    """The issue: `test --ckpt_path C --model.eval_conf_threshold 1.0` counted the checkpoint's
+    detections (LightningCLI merged the checkpoint's hyper-parameters over the command line).
+    Here the checkpoint says conf_threshold 1.0 (no detection passes); the command line says
+    0, 7 per image, objectness scores, the course's anchors: 8 test images x 7 detections."""
+    from yolov3.anchors import anchor_set_name
+    from yolov3.commands.lightning_cli import YoloCLI
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    ckpt = _checkpoint(tmp_path / "runs" / "old" / "checkpoints" / "last.ckpt",
+                       evaluation={"conf_threshold": 1.0, "iou_threshold": 0.3}, loss={"ignore_threshold": 0.6})
+    with caplog.at_level("INFO", logger="yolov3"):
+        cli = YoloCLI(args=["test", "--config", str(DEMO), *_data_args(synth_root), "--model.width", "0.0625",
+                            "--ckpt_path", str(ckpt), "--model.evaluation.conf_threshold", "0.0",
+                            "--model.evaluation.max_detections", "7", "--model.evaluation.score_mode", "obj",
+                            "--model.anchors", "course"])
+    evaluation = cli.model.evaluation
+    assert (evaluation.conf_threshold, evaluation.max_detections, evaluation.score_mode) == (0.0, 7, "obj")
+    assert evaluation.iou_threshold == 0.3 and cli.model.loss.ignore_threshold == 0.6  # not given: the checkpoint's
+    assert anchor_set_name(cli.model.anchors.cpu()) == "course"  # not the state_dict's buffer
+    report = json.loads((tmp_path / "runs" / "old" / "test" / "version_0" / "results.json").read_text())
+    assert sum(row["detections"] for row in report["per_class"]) == 8 * 7
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("settings ")]
+    assert len(line) == 1, caplog.text
+    assert "model.evaluation.conf_threshold 0 (checkpoint 1)" in line[0]
+    assert "model.evaluation.iou_threshold 0.3 (default 0.45)" in line[0]
+    assert "trained with the COCO anchors" in caplog.text
+
+
+def test_print_config_shows_what_a_ckpt_path_run_uses(synth_root, tmp_path, monkeypatch, capsys):
+    """Field by field: a config file's value and the command line's win over the checkpoint's,
+    the checkpoint's win over the defaults, nested groups included; a checkpoint with the old
+    flat names likewise. --print_config prints these (it printed the config before the merge)."""
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    ckpt = _checkpoint(tmp_path / "c.ckpt", evaluation={"max_detections": 50, "iou_threshold": 0.3},
+                       optim={"max_lr": 0.02, "pct_start": 0.3}, loss={"weights": {"box": 2.0}})
+    config = tmp_path / "mine.yaml"
+    config.write_text("model:\n  evaluation:\n    max_detections: 9\n  loss:\n    weights:\n      obj: 3.0\n")
+    for command in ("test", "validate", "predict", "fit"):
+        shown = _print_config([command, "--config", str(DEMO), "--config", str(config), *_data_args(synth_root),
+                               "--model.width", "0.0625", "--ckpt_path", str(ckpt),
+                               "--model.optim.pct_start", "0.2"], capsys)["model"]
+        assert shown["evaluation"]["max_detections"] == 9  # the config file's
+        assert shown["evaluation"]["iou_threshold"] == 0.3  # the checkpoint's
+        assert shown["optim"]["pct_start"] == 0.2  # the command line's
+        assert shown["optim"]["max_lr"] == 0.01  # demo.yaml's
+        assert shown["loss"]["weights"] == {"box": 2.0, "obj": 3.0, "noobj": 10.0, "cls": 1.0}, command
+        assert shown["width"] == 0.0625
+
+    from test_hparams import FLAT
+
+    old = _checkpoint(tmp_path / "flat.ckpt", flat=FLAT)
+    shown = _print_config(["validate", "--config", str(DEMO), *_data_args(synth_root), "--model.width", "0.0625",
+                           "--ckpt_path", str(old), "--model.evaluation.max_detections", "3"], capsys)["model"]
+    assert shown["evaluation"]["max_detections"] == 3 and shown["evaluation"]["iou_threshold"] == 0.6
+    assert shown["evaluation"]["score_mode"] == "obj" and shown["channels_last"] is False
+
+
+def test_weights_the_checkpoint_needs_are_not_overridden(synth_root, tmp_path, monkeypatch, capsys):
+    """Width and class count come from the checkpoint: a config or command line that sets
+    other values stops before anything runs (no run folder), naming both values."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    ckpt = _checkpoint(tmp_path / "ckpts" / "c.ckpt")
+    cases = [
+        (["--ckpt_path", str(ckpt)], ["model.width 0.125", "0.0625"]),  # demo.yaml's width
+        (["--ckpt_path", str(ckpt), "--model.width", "0.0625", "--data.class_names", "[a, b, c]"],
+         ["data.class_names", "lists 3 classes", "has 20"]),
+        (["--weights", str(ckpt)], ["model.width 0.125", "0.0625"]),
+    ]
+    for extra, words in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["test", "--config", str(DEMO), *_data_args(synth_root), *extra])
+        message = str(exc.value.code)
+        assert all(w in message for w in words) and "\n" not in message, message
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "ckpts" / "test").exists()
+
+    names = ["disc", "square", "triangle"]
+    three = _checkpoint(tmp_path / "three.ckpt", {"class_names": names, "image_size": 64}, num_classes=3)
+    shown = _print_config(["test", "--config", str(DEMO), *_data_args(synth_root), "--model.width", "0.0625",
+                           "--ckpt_path", str(three)], capsys)
+    assert shown["data"]["class_names"] == names  # recorded in the checkpoint, not the VOC default
+    unnamed = _checkpoint(tmp_path / "unnamed.ckpt", num_classes=3)
+    with pytest.raises(SystemExit) as exc:
+        main(["test", "--config", str(DEMO), *_data_args(synth_root), "--model.width", "0.0625",
+              "--ckpt_path", str(unnamed)])
+    assert "has 3 classes and the checkpoint records no class names" in str(exc.value.code)
+
+
+def test_old_flat_setting_names_are_refused_with_their_new_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  max_lr: 0.01\n")
+    cases = [(["--model.eval_conf_threshold", "1.0"], "--model.evaluation.conf_threshold"),
+             (["--model.score_mode=obj"], "--model.evaluation.score_mode"),
+             (["--model.conf_threshold", "0.1"], "--model.evaluation.accuracy_threshold"),
+             (["--config", str(old)], "old.yaml: model.max_lr: the model's settings are grouped now; this one is "
+                                      "model.optim.max_lr")]
+    for extra, words in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["test", "--config", str(DEMO), *extra])
+        assert words in str(exc.value.code), exc.value.code
+
+
+def test_fit_extended_with_ckpt_path_and_a_new_max_lr(synth_root, tmp_path, monkeypatch, caplog):
+    """The issue's everyday 'train more epochs': fit, then the same with more epochs, a new
+    max_lr and --ckpt_path <last>. It died with 'Tried to step 3 times'; the new max_lr was
+    dropped twice (the checkpoint's hyper-parameters, then its optimiser and schedule state)."""
+    from yolov3.checkpoint_io import load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    args = ["fit", "--config", str(DEMO), *_data_args(synth_root), "--model.width", "0.0625",
+            "--data.train_sizes", "[64]", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    main([*args, "--trainer.max_epochs", "1"])
+    last = tmp_path / "runs" / "demo" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(last)["global_step"] == 2
+    with caplog.at_level("INFO", logger="yolov3"):
+        main([*args, "--trainer.max_epochs", "3", "--ckpt_path", str(last), "--model.optim.max_lr", "0.004"])
+    ckpt = load_checkpoint(last)
+    assert ckpt["global_step"] == 6 and ckpt["hyper_parameters"]["optim"]["max_lr"] == 0.004
+    assert ckpt["lr_schedulers"][0]["total_steps"] == 6 and ckpt["lr_schedulers"][0]["last_epoch"] == 6
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["max_lr"] == 0.004
+    assert "model.optim.max_lr 0.004 (checkpoint 0.01)" in caplog.text
+    assert "total_steps 2 -> 6; max_lr 0.01 -> 0.004" in caplog.text and "rebuilt for 6 steps at step 2" in caplog.text

@@ -99,9 +99,10 @@ def test_the_cli_reads_a_flat_checkpoint_given_as_ckpt_path(synth_root, tmp_path
     ckpt = tmp_path / "runs" / "old" / "checkpoints"
     ckpt.mkdir(parents=True)
     flat_checkpoint(ckpt / "last.ckpt")
+    # demo.yaml's width is 0.125, the checkpoint's 0.0625: the width has to be given (or left out)
     main(["validate", "--config", str(DEMO), "--data.root", str(synth_root), "--data.val_fraction", "0.25",
           "--data.image_size", "64", "--data.batch_size", "4", "--data.cache_images", "false",
-          "--trainer.limit_val_batches", "1", "--ckpt_path", str(ckpt / "last.ckpt")])
+          "--model.width", "0.0625", "--trainer.limit_val_batches", "1", "--ckpt_path", str(ckpt / "last.ckpt")])
     saved = yaml.safe_load((tmp_path / "runs" / "old" / "validate" / "version_0" / "config.yaml").read_text())
     assert saved["model"]["optim"]["max_lr"] == pytest.approx(0.01)
     assert saved["model"]["loss"]["weights"] == {"box": 5.0, "obj": 2.0, "noobj": 3.0, "cls": 4.0}

@@ -4,6 +4,7 @@ checkpoints that would run code (issue 12, items 1, 2, 3 and 5)."""
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from yolov3.checkpoint_io import CheckpointError, load_checkpoint, save_atomic
 from yolov3.checkpoint_plugin import SafeCheckpointIO
@@ -213,3 +215,140 @@ def test_a_background_write_saves_the_state_of_the_moment(tmp_path):
     assert torch.equal(load_checkpoint(tmp_path / "other.ckpt")["state_dict"]["w"], torch.ones(1_000_000))
     io.save_checkpoint({"x": 1}, tmp_path / "missing_dir_is_made" / "a.ckpt")
     assert io.load_checkpoint(tmp_path / "missing_dir_is_made" / "a.ckpt") == {"x": 1}  # waits for the write
+
+
+# --- the learning-rate schedule of resumed and tiny runs (yolov3.schedule) ---------------------------------------
+
+
+class _StepLRs(Callback):
+    """The LR of each optimiser step (read as its first batch starts)."""
+
+    def __init__(self) -> None:
+        self.lrs: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs.setdefault(trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _fit_steps(synth_root, out: Path, ckpt_path=None, val_fraction: float = 0.25, optim=None, save: bool = False,
+               **trainer_args):
+    """A width-0.0625 fit on the session's synthetic set (18 training images: 4 batches of 4
+    at val_fraction 0.25, 5 at 0.1); with `save`, a checkpoint after every step (out/step=<k>.ckpt)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from yolov3.data.datamodule import YoloDataModule
+    from yolov3.lit import YoloLitModule
+
+    torch.manual_seed(0)
+    module = YoloLitModule(width=0.0625, optim=optim, evaluation={"map_every_n_epochs": 0})
+    dm = YoloDataModule(root=str(synth_root), image_size=64, train_sizes=[64], batch_size=4, num_workers=0,
+                        val_fraction=val_fraction)
+    lrs = _StepLRs()
+    every_step = [ModelCheckpoint(dirpath=out, filename="{step}", every_n_train_steps=1, save_top_k=-1)] if save else []
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False,
+                        enable_checkpointing=save, plugins=[SafeCheckpointIO(background=False)],
+                        callbacks=[*every_step, lrs], default_root_dir=out, **trainer_args)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer, lrs.lrs
+
+
+def _one_cycle_lrs(total: int, optim=None) -> list[float]:
+    """Each step's LR of a fresh schedule of `total` steps with the module's settings
+    (yolov3.schedule.OneCycle: torch's OneCycleLR for a well-formed length, tests/test_schedule.py)."""
+    from yolov3.hparams import OptimConfig
+    from yolov3.schedule import OneCycle
+
+    o = OptimConfig(**(optim or {}))
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=o.max_lr / o.div_factor)
+    schedule = OneCycle(optimizer, total, o)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return lrs
+
+
+@pytest.fixture(scope="module")
+def two_epochs(synth_root, tmp_path_factory):
+    """A fit of 2 epochs x 4 steps (8 steps: pct_start 0.125 gives one warm-up step) and its
+    checkpoints after each step."""
+    out = tmp_path_factory.mktemp("two_epochs")
+    trainer, lrs = _fit_steps(synth_root, out, save=True, max_epochs=2)
+    assert trainer.global_step == 8 and sorted(lrs) == list(range(8))
+    return out, lrs
+
+
+RESUMES = {  # name: (checkpoint step, fit arguments, total steps of the resumed run)
+    "extend max_epochs 2 -> 3": (8, {"max_epochs": 3}, 12),
+    "larger training set mid-epoch": (6, {"max_epochs": 2, "val_fraction": 0.1}, 9),
+    "shorten max_epochs 2 -> 1": (2, {"max_epochs": 1}, 4),
+    "accumulate 3, limit_train_batches 3": (4, {"max_epochs": 3, "accumulate_grad_batches": 3,
+                                                "limit_train_batches": 3}, 6),
+    "max_steps, no max_epochs; max_lr, pct_start, weight_decay changed": (
+        8, {"max_epochs": -1, "max_steps": 11, "optim": {"max_lr": 0.002, "pct_start": 0.25, "weight_decay": 0.001}},
+        11),
+}
+
+
+@pytest.mark.parametrize("name", list(RESUMES))
+def test_a_resumed_fit_of_another_length_or_settings_finishes_its_schedule(name, two_epochs, synth_root, tmp_path,
+                                                                          caplog):
+    """Lightning puts the checkpoint's OneCycleLR (8 steps) back over the new run's: each of
+    these crashed with 'Tried to step N times' (the larger set after a step at a negative LR)
+    or ended its anneal short of min_lr. Now the schedule is rebuilt for the new total at the
+    step reached: every later step has the LR of a fresh schedule of that length."""
+    step, args, total = RESUMES[name]
+    optim = args.pop("optim", None)
+    with caplog.at_level("INFO", logger="yolov3"):
+        trainer, lrs = _fit_steps(synth_root, tmp_path, ckpt_path=two_epochs[0] / f"step={step}.ckpt", optim=optim,
+                                  **args)
+    assert trainer.global_step == total and sorted(lrs) == list(range(step, total))
+    schedule = trainer.lr_scheduler_configs[0].scheduler
+    assert schedule.total_steps == total and schedule.last_epoch == total  # as many steps as it was planned for
+    fresh = _one_cycle_lrs(total, optim)
+    assert [lrs[k] for k in range(step, total)] == pytest.approx(fresh[step:], rel=1e-9)
+    assert f"rebuilt for {total} steps at step {step}" in caplog.text
+    if optim:
+        assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.001
+        assert "max_lr 0.0008 -> 0.002" in caplog.text and "weight_decay 0.0001 -> 0.001" in caplog.text
+
+
+def test_a_resumed_fit_of_the_same_length_keeps_its_schedule(two_epochs, synth_root, tmp_path, caplog):
+    out, whole = two_epochs
+    with caplog.at_level("INFO", logger="yolov3"):
+        trainer, lrs = _fit_steps(synth_root, tmp_path, ckpt_path=out / "step=5.ckpt", max_epochs=2)
+    assert trainer.global_step == 8 and "schedule" not in caplog.text
+    assert [lrs[k] for k in range(5, 8)] == [whole[k] for k in range(5, 8)]
+
+
+@pytest.mark.parametrize("args,total", [({"max_epochs": 1, "max_steps": 1}, 1),
+                                        ({"max_epochs": 1, "limit_train_batches": 3, "optim": {"pct_start": 1.0}}, 3)])
+def test_tiny_runs_train_to_the_end(args, total, synth_root, tmp_path):
+    """pct_start 1.0 died after its last step (1 / 0); the other lengths: tests/test_schedule.py."""
+    from yolov3.hparams import OptimConfig
+
+    optim = args.pop("optim", None)
+    trainer, lrs = _fit_steps(synth_root, tmp_path, optim=optim, **args)
+    o = OptimConfig(**(optim or {}))
+    assert trainer.global_step == total and sorted(lrs) == list(range(total))
+    low = o.max_lr / o.div_factor / o.final_div_factor
+    assert all(math.isfinite(v) and low * (1 - 1e-9) <= v <= o.max_lr * (1 + 1e-9) for v in lrs.values()), lrs
+
+
+def test_a_fit_without_a_length_is_refused_before_a_step(synth_root, tmp_path, monkeypatch):
+    from yolov3.schedule import ScheduleError
+
+    with pytest.raises(ScheduleError, match="set trainer.max_epochs or trainer.max_steps"):
+        _fit_steps(synth_root, tmp_path, max_epochs=-1, max_time="00:00:01:00")
+    assert not list(tmp_path.glob("*.ckpt"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["yolov3"])
+    for bound in (["--trainer.max_epochs", "-1"],
+                  ["--trainer.max_epochs", "null", "--trainer.max_time", "00:00:10:00"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", *tiny(synth_root), *bound])
+        assert "set trainer.max_epochs or trainer.max_steps" in str(exc.value.code)
+    assert not (tmp_path / "runs").exists()  # refused while parsing: no run folder

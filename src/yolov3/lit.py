@@ -25,6 +25,7 @@ from yolov3.model import YOLOv3
 from yolov3.nonfinite import NonFiniteGuard
 from yolov3.postprocess import postprocess
 from yolov3.pretrained import BackboneFreeze, load_pretrained
+from yolov3.schedule import build_schedule, refit_schedule
 from yolov3.targets import build_targets
 
 log = logging.getLogger("yolov3")
@@ -39,10 +40,13 @@ class YoloLitModule(L.LightningModule):
             ("coco": COCO / 416, the default; "course": the course's rounded copy, to
             fine-tune a course model: yolov3.anchors.as_anchors). Checkpoints keep them.
         optim: Adam and its OneCycleLR schedule, and the EMA of the weights
-            (yolov3.hparams.OptimConfig). With optim.ema, validation, test and predict run
-            the EMA (`ema.module`), training runs `model`; checkpoints hold the EMA as
-            "model.*" (what Detector and export read) and the training weights under "ema"
-            (yolov3.ema.ModelEMA.write_checkpoint), so a resumed fit continues exactly.
+            (yolov3.hparams.OptimConfig). The schedule is yolov3.schedule.OneCycle (torch's
+            OneCycleLR, safe at every run length); a resumed fit's is rebuilt for its own
+            length and settings at the start of training (on_train_start). With optim.ema,
+            validation, test and predict run the EMA (`ema.module`), training runs `model`;
+            checkpoints hold the EMA as "model.*" (what Detector and export read) and the
+            training weights under "ema" (yolov3.ema.ModelEMA.write_checkpoint), so a
+            resumed fit continues exactly.
         loss: the loss terms' weights and forms (yolov3.hparams.LossConfig).
         evaluation: the accuracies' threshold and the mAP's detection settings
             (yolov3.hparams.EvalConfig).
@@ -197,7 +201,17 @@ class YoloLitModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A fit resumed in its own run folder keeps the metrics history up to the checkpoint.
         With the EMA, the weights go back where the module keeps them (ModelEMA.read_checkpoint);
-        without, the module takes the checkpoint's "model.*", which are the EMA's if it had one."""
+        without, the module takes the checkpoint's "model.*", which are the EMA's if it had one.
+        The anchors stay this module's (built from the checkpoint's hyper-parameters unless a
+        config or the command line set others), not the buffer the state_dict would put back."""
+        state = checkpoint.get("state_dict") or {}
+        theirs = state.get("anchors")
+        if isinstance(theirs, torch.Tensor) and theirs.shape == self.anchors.shape and not torch.allclose(
+                theirs.to(self.anchors), self.anchors, atol=1e-6, rtol=0):
+            log.warning("this run uses %s; the checkpoint was trained with %s (model.anchors: set by the config, "
+                        "the command line or the module's arguments)", describe_anchors(self.anchors.cpu()),
+                        describe_anchors(theirs.cpu()))
+            state["anchors"] = self.anchors.detach().to(theirs)
         if self.ema is not None:
             self.ema.read_checkpoint(checkpoint)
         if self._trainer is not None and self.trainer.state.fn == "fit":
@@ -298,19 +312,16 @@ class YoloLitModule(L.LightningModule):
         # 2-core CPU 6 ms a step for the width-0.125 model against 18 ms for the per-tensor loop.
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) or None
         optimizer = torch.optim.Adam(params, lr=h.max_lr / h.div_factor, weight_decay=h.weight_decay, fused=fused)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        pct_start = h.pct_start
-        if pct_start * total_steps == 1.0:
-            # OneCycleLR divides by (pct_start * total_steps - 1): zero for e.g. 0.125 x 8 steps
-            pct_start *= 1.0 + 1e-6
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=h.max_lr,
-            total_steps=total_steps,
-            pct_start=pct_start,
-            div_factor=h.div_factor,
-            final_div_factor=h.final_div_factor,
-            three_phase=h.three_phase,
-            anneal_strategy=h.anneal_strategy,
-        )
+        # OneCycle: torch's OneCycleLR, made safe for lengths where its phases are degenerate (yolov3.schedule)
+        scheduler = build_schedule(optimizer, h, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """A resumed fit: Lightning has put the checkpoint's optimiser and schedule state over
+        the ones configure_optimizers built for this run; where this run is longer or shorter
+        (max_epochs, max_steps, another training set, batches, accumulation) or its optimiser
+        settings differ, the schedule is rebuilt for this run at the step reached and the
+        weight decay set back (yolov3.schedule.refit_schedule), before the first step."""
+        refit = refit_schedule(self.trainer, self.optim)
+        if refit is not None and self.trainer.is_global_zero:
+            log.info("%s", refit.message())

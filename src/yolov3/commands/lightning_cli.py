@@ -16,18 +16,20 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from yolov3.checkpoint_io import read_hyperparameters
+from yolov3.checkpoint_io import load_checkpoint
 from yolov3.checkpoint_plugin import SafeCheckpointIO
+from yolov3.commands.ckpt_settings import BOOKKEEPING, SettingsConflict, check_shapes, legacy_name_error, merge
 from yolov3.commands.report import print_report, summarise, write_report
 from yolov3.data.datamodule import YoloDataModule
 from yolov3.anchors import as_anchors, describe_anchors
-from yolov3.constants import VOC_CLASSES
+from yolov3.constants import DATA_KEY, VOC_CLASSES
 from yolov3.detector import EVAL_SETTINGS, Detector
 from yolov3.fit_checkpoints import CheckpointNotice, check_monitors, fit_checkpoints
 from yolov3.hparams import grouped_hparams
 from yolov3.lit import YoloLitModule
 from yolov3.progress import is_terminal, progress_every
 from yolov3.run_dirs import RunFolder, name_run, place_run
+from yolov3.schedule import UNBOUNDED, unbounded
 from yolov3.train_progress import PlainProgressBar
 
 log = logging.getLogger("yolov3")
@@ -62,39 +64,66 @@ class YoloCLI(LightningCLI):
                                  "no progress at all")
 
     def parse_arguments(self, parser, args) -> None:
-        """LightningCLI's parse, then the config's `run:` named into its trainer and loggers
-        (run_dirs.name_run), so that --print_config shows the folders the run will use.
-        jsonargparse prints inside parse_args, so its printing waits for name_run (through
-        its private _ActionPrintConfig; tests/test_configs.py notices if that changes)."""
+        """LightningCLI's parse, then the settings a checkpoint or --weights file brings
+        (_parse_ckpt_path), then the config's `run:` named into its trainer and loggers
+        (run_dirs.name_run), so that --print_config shows the settings the run will use.
+        jsonargparse prints inside parse_args, so its printing waits for both (through its
+        private _ActionPrintConfig; tests/test_configs.py notices if that changes)."""
         self._args = args  # for _given
+        legacy = legacy_name_error(sys.argv[1:] if args is None else args if isinstance(args, (list, tuple)) else [])
+        if legacy:
+            raise SystemExit(f"yolov3: {legacy}")
         with _ActionPrintConfig.skip_print_config():
             super().parse_arguments(parser, args)
+            self._parse_ckpt_path()
         name_run(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
         _ActionPrintConfig.print_config_if_requested(parser, self.config)
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI's: the model's settings come from --ckpt_path's hyper-parameters.
-        Ours reads the file the project's way, so a refusal names it without torch's advice
-        to load it with weights_only=False, and maps the flat settings of checkpoints written
-        before they were grouped (yolov3.hparams.grouped_hparams). With --weights, the
-        settings come from those weights instead (_weights_settings)."""
+        """LightningCLI's reads --ckpt_path's hyper-parameters over everything the config and
+        command line set; ours (yolov3.commands.ckpt_settings.merge) takes the checkpoint's
+        only where neither sets a value, refuses a given width or class count the weights
+        cannot take, takes the class names the checkpoint records unless given, and logs one
+        line of what differed. It reads the file the project's way, so a refusal names it
+        without torch's advice to load it with weights_only=False, and maps the flat settings
+        of checkpoints written before they were grouped (yolov3.hparams.grouped_hparams).
+        With --weights, the settings come from those weights instead (_weights_settings).
+        A fit with no length (no max_epochs, no max_steps) is refused here: its learning-rate
+        schedule cannot be planned (yolov3.schedule). Called from parse_arguments (before
+        --print_config prints), once."""
+        if getattr(self, "_ckpt_parsed", False):
+            return  # LightningCLI calls it again after parse_arguments
+        self._ckpt_parsed = True
         subcommand = self.config.get("subcommand")
+        if subcommand == "fit":
+            trainer = self.config[subcommand].get("trainer") or {}
+            if unbounded(trainer.get("max_epochs"), trainer.get("max_steps"), trainer.get("max_time")):
+                raise SystemExit(f"yolov3 fit: {UNBOUNDED}")
         if subcommand and (self.config[subcommand].get("weights") or self.config[subcommand].get("anchors")):
             self._weights_settings(subcommand)
             return
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        hparams = grouped_hparams(read_hyperparameters(ckpt_path))
-        for key in ("_instantiator", "_class_path"):  # Lightning's bookkeeping, not model arguments
-            hparams.pop(key, None)
-        if not hparams:
+        checkpoint = load_checkpoint(ckpt_path, mmap=True)
+        hparams = grouped_hparams(checkpoint.get("hyper_parameters") or {})
+        if not {k for k in hparams if k not in BOOKKEEPING}:
             return
+        config, given = self.config[subcommand], self._given(subcommand)
         try:
-            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+            merged = merge(hparams, checkpoint.get(DATA_KEY), _get(given, "model"), _get(given, "data"),
+                           config.get("model"), _get(config, "data", "class_names"), str(ckpt_path))
+        except SettingsConflict as exc:
+            raise SystemExit(f"yolov3 {subcommand}: {exc}") from None
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": merged.model, "data": merged.data}},
+                                                   self.config)
         except SystemExit:
             sys.stderr.write(f"{ckpt_path}: its hyper-parameters do not fit the model's arguments\n")
             raise
+        line = merged.message(str(ckpt_path))
+        if line:
+            log.info("%s", line)
 
     def _weights_settings(self, subcommand: str) -> None:
         """`--weights`: load them (Detector.load: any format it reads, the course's included)
@@ -124,6 +153,10 @@ class YoloCLI(LightningCLI):
         if detector.backend != "torch":
             raise SystemExit(f"yolov3 {subcommand}: {weights} is an ONNX export; {subcommand} runs the torch "
                              "weights (.ckpt, .safetensors or a course checkpoint)")
+        try:
+            check_shapes(_get(given, "model"), detector.model.width, str(weights))
+        except SettingsConflict as exc:
+            raise SystemExit(f"yolov3 {subcommand}: {exc}") from None
         self._weights = detector
         evaluation = {name: getattr(detector, arg) for name, arg in EVAL_SETTINGS.items()
                       if _get(given, "model", "evaluation", name) is None}
@@ -140,9 +173,10 @@ class YoloCLI(LightningCLI):
     def _given(self, subcommand: str):
         """What the config files and the command line set for this subcommand (no defaults)."""
         args = self._args if self._args is not None else sys.argv[1:]
-        if not isinstance(args, (list, tuple)):  # a dict or Namespace given in Python: all of it is given
-            return self.config[subcommand]
-        return self.parser.parse_args(list(args), defaults=False).get(subcommand)
+        with _ActionPrintConfig.skip_print_config():  # --print_config prints once, in parse_arguments
+            if not isinstance(args, (list, tuple)):  # a dict or Namespace given in Python: what it holds
+                return self.parser.parse_object(args, defaults=False).get(subcommand)
+            return self.parser.parse_args(list(args), defaults=False).get(subcommand)
 
     def _load_weights(self) -> None:
         """Put --weights into the instantiated model (and its EMA copy, which evaluation runs),
