@@ -133,6 +133,7 @@ def test_an_exif_oriented_upload_gets_what_yolov3_detect_gives(client, trained_w
     assert len(expected) > 0 and len(records) == len(expected)
     for got, want in zip(records, expected):
         assert Path(got.pop("file_name")).name == Path(want.pop("file_name")).name == path.name
+        assert want.pop("picture") == path.name  # detect's annotated copy; the app returns it in the page
         assert got == want
     h, w = load_rgb(path).shape[:2]  # the pixels detect reads
     with Image.open(annotated) as im:

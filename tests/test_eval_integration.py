@@ -199,7 +199,8 @@ def test_detect_bad_inputs_get_clear_messages(synth_root, tiny_checkpoint, tmp_p
     text.write_text("not weights")
     cases = [
         ([str(tmp_path / "missing.jpg")], str(tiny_checkpoint), "missing.jpg: no such file"),
-        ([str(tmp_path / "*.png")], str(tiny_checkpoint), "no images"),
+        ([str(tmp_path / "*.png")], str(tiny_checkpoint), "*.png: no such file or folder, and as a glob pattern it "
+                                                            "matches nothing"),
         ([str(bad)], str(tiny_checkpoint), "cut.jpg: cannot read image"),
         ([str(good)], str(tmp_path / "none.ckpt"), "none.ckpt: weights file not found"),
         ([str(good)], str(text), "notes.txt: not a readable checkpoint"),

@@ -108,7 +108,7 @@ def test_cam_drops_them_and_keeps_each_map_with_its_detection(tiny_checkpoint) -
     from yolov3.detector import Detector
 
     detector = Detector.load(tiny_checkpoint, size=SIZE)
-    detector.decode = lambda outputs: ([DETS.clone()], [CELLS.clone()])
+    detector.decode = lambda outputs, infos=None: ([DETS.clone()], [CELLS.clone()])
     (result,) = explain(detector, [np.zeros((H, W, 3), np.uint8)], "gradcam", "head")
     np.testing.assert_allclose(result.detections, KEPT, atol=1e-4)
     assert len(result.cams) == 1 and result.cams[0].cell == (1, 1, 2, 3)
@@ -133,3 +133,42 @@ def test_evaluation_drops_them_so_they_cost_no_precision(monkeypatch) -> None:
     det_map = DetectionMAP(20)
     det_map.update(detections, truth, [torch.tensor([5])], [torch.tensor([False])], [0])
     assert float(det_map.compute()["map_07"]) == pytest.approx(1.0)
+
+
+def test_padding_candidates_are_dropped_before_nms_by_the_same_rule() -> None:
+    """postprocess(regions=...) drops, before NMS and max_detections, exactly the boxes that
+    Letterbox.on_image rejects: a box in the padding neither suppresses nor displaces one on
+    the image (with max_detections 1 the kept box is the image's, though it scores lower)."""
+    from yolov3.postprocess import Candidates, inside_regions
+    from yolov3.letterbox import stack_regions
+
+    lb = Letterbox.fit(W, H, SIZE)
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(400, 2, generator=gen) * SIZE
+    wh = torch.rand(400, 2, generator=gen) * 20
+    boxes = torch.cat((xy, xy + wh), 1)
+    boxes = torch.cat((boxes, DETS[:, :4]))  # the hand-made edge cases too
+    n = boxes.shape[0]
+    cand = Candidates(torch.zeros(n, dtype=torch.long), torch.arange(n), boxes, torch.rand(n, generator=gen),
+                      torch.zeros(n, dtype=torch.long))
+    kept = inside_regions(cand, stack_regions([lb]))
+    assert torch.equal(kept.cell, torch.arange(n)[lb.on_image(boxes)])
+    assert 0 < kept.cell.numel() < n
+
+
+def test_max_detections_count_only_boxes_on_the_image(monkeypatch) -> None:
+    import yolov3.postprocess as post
+
+    # two candidates of different classes: the padding one scores higher
+    boxes = DETS[[0, 1], :4]
+    fake = post.Candidates(torch.zeros(2, dtype=torch.long), torch.arange(2), boxes, torch.tensor([0.9, 0.8]),
+                           torch.tensor([5, 6]))
+    monkeypatch.setattr(post, "select_candidates", lambda *a, **k: fake)
+    outputs = [torch.zeros(1, 3, 2, 2, 25)]
+    without = post.postprocess(outputs, torch.ones(1, 3, 2), (SIZE, SIZE), max_detections=1)[0]
+    assert without[0, 4].item() == pytest.approx(0.9)  # the padding box took the one place
+    from yolov3.letterbox import stack_regions
+
+    with_regions = post.postprocess(outputs, torch.ones(1, 3, 2), (SIZE, SIZE), max_detections=1,
+                                    regions=stack_regions([Letterbox.fit(W, H, SIZE)]))[0]
+    assert with_regions.shape[0] == 1 and with_regions[0, 4].item() == pytest.approx(0.8)

@@ -290,7 +290,7 @@ def explain(detector, images: Sequence[np.ndarray], method: str = "gradcam", lay
         # The input asks for gradients so the graph exists even if the weights are frozen;
         # autograd.grad stops at the activations and never reaches x or the weights.
         outputs = detector.model(x.requires_grad_(True))
-        dets, cells = detector.decode(outputs)
+        dets, cells = detector.decode(outputs, infos)
         # the Detector's rule: detections wholly in the letterbox's padding are none of the image
         keep = [info.on_image(d[:, :4]) for d, info in zip(dets, infos)]
         dets, cells = [d[k] for d, k in zip(dets, keep)], [c[k] for c, k in zip(cells, keep)]

@@ -18,7 +18,7 @@ from yolov3.course import COURSE_SETTINGS, read_course_checkpoint
 from yolov3.data.augment import letterbox
 from yolov3.data.sample import Sample
 from yolov3.hparams import grouped_hparams
-from yolov3.letterbox import Letterbox, letterbox_style
+from yolov3.letterbox import Letterbox, letterbox_style, stack_regions
 from yolov3.model import YOLOv3
 from yolov3.onnx_backend import CALIB_METHODS, OnnxNetwork, export_onnx, quantize_int8
 from yolov3.postprocess import postprocess
@@ -298,12 +298,15 @@ class Detector:
         # out of place: explanations (yolov3.cam) may ask for gradients from this tensor on
         return torch.stack(batch).to(self.device).float() / 255.0, infos
 
-    def decode(self, outputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def decode(self, outputs: list[torch.Tensor], infos: list[Letterbox] | None = None,
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Head outputs -> per image (K, 6) detections in input pixels and (K, 4) long
-        (scale, anchor, row, column) cells they came from, with this detector's settings."""
+        (scale, anchor, row, column) cells they came from, with this detector's settings;
+        with the images' Letterboxes, none lies wholly in the padding (postprocess regions)."""
+        regions = stack_regions(infos) if infos is not None else None
         return postprocess([o.detach() for o in outputs], self.anchors, (self.size, self.size), self.conf_threshold,
                            self.iou_threshold, self.max_detections, self.score_mode, self.max_candidates,
-                           return_cells=True)
+                           return_cells=True, regions=regions)
 
     @staticmethod
     def to_original(det: torch.Tensor, info: Letterbox) -> np.ndarray:
@@ -323,7 +326,8 @@ class Detector:
         x, infos = self.preprocess(images)
         outputs = self.model(x)
         dets = postprocess(outputs, self.anchors, (self.size, self.size), self.conf_threshold,
-                           self.iou_threshold, self.max_detections, self.score_mode, self.max_candidates)
+                           self.iou_threshold, self.max_detections, self.score_mode, self.max_candidates,
+                           regions=stack_regions(infos))
         return [self.to_original(det, info) for det, info in zip(dets, infos)]
 
 

@@ -130,6 +130,14 @@ class Letterbox(NamedTuple):
         return torch.stack((out[:, 0].clamp(0, w), out[:, 1].clamp(0, h),
                             out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)), 1)
 
+    @property
+    def region(self) -> tuple[float, float, float, float]:
+        """The image's area in input pixels, x1, y1, x2, y2 (the input without the padding).
+        A box covers some of the image (on_image) iff it overlaps this with positive width and
+        height: postprocess drops the others before NMS (see stack_regions)."""
+        return (float(self.pad_x), float(self.pad_y), self.pad_x + self.width * self.scale_x,
+                self.pad_y + self.height * self.scale_y)
+
     def on_image(self, boxes: torch.Tensor) -> torch.Tensor:
         """boxes (K, 4) xyxy in input pixels -> (K,) bool: whether the box, undone and clipped
         (undo_boxes), keeps a width and a height above zero, i.e. covers some of the image.
@@ -147,7 +155,10 @@ class Letterbox(NamedTuple):
         """det (K, 4 + n) with xyxy in input pixels first (then score, class, ...) -> (K', 4 + n) in
         image pixels, clipped, without the detections that cover none of the image (on_image says
         why). The one rule for the Detector (to_original), evaluation (YoloLitModule.detect) and
-        CAM (yolov3.cam.explain, which drops their maps too); applied after NMS, as the clipping is."""
+        CAM (yolov3.cam.explain, which drops their maps too). Those callers also give postprocess
+        the regions, so such candidates never enter NMS (where they could suppress a box on the
+        image or take one of max_detections' places); this pass then only catches a box on the
+        region's edge that float rounding let through."""
         keep = self.on_image(det[:, :4])
         kept = det[keep]
         return torch.cat((self.undo_boxes(kept[:, :4]), kept[:, 4:]), 1)
@@ -163,3 +174,8 @@ class Letterbox(NamedTuple):
         new_w, new_h = self.resized
         crop = up[self.pad_y : self.pad_y + new_h, self.pad_x : self.pad_x + new_w]
         return cv2.resize(crop, (self.width, self.height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+
+
+def stack_regions(infos, device: torch.device | str | None = None) -> torch.Tensor:
+    """(B, 4) float32: each Letterbox's region, for postprocess(regions=...)."""
+    return torch.tensor([info.region for info in infos], dtype=torch.float32, device=device).reshape(-1, 4)

@@ -23,6 +23,7 @@ from yolov3.loss import LOSS_TERMS, YoloLoss
 from yolov3.metrics import CourseAccuracy, DetectionMAP
 from yolov3.model import YOLOv3
 from yolov3.nonfinite import NonFiniteGuard
+from yolov3.letterbox import stack_regions
 from yolov3.postprocess import postprocess
 from yolov3.pretrained import BackboneFreeze, load_pretrained
 from yolov3.schedule import build_schedule, refit_schedule
@@ -234,12 +235,12 @@ class YoloLitModule(L.LightningModule):
         """Evaluation detections of a batch and its ground-truth boxes, both in original image
         pixels (letterbox undone, clipped to the image): per image (K, 6) and (G, 4). Detections
         that cover none of the image (wholly in the letterbox's padding) are dropped, as the
-        Detector drops them (Letterbox.undo_detections): a zero-area box could only be a false
-        positive. Ground-truth boxes are all kept."""
+        Detector drops them (before NMS, and Letterbox.undo_detections after): a zero-area box
+        could only be a false positive. Ground-truth boxes are all kept."""
         h = self.evaluation
         size = tuple(batch["images"].shape[-2:])
-        dets = postprocess(outputs, self.anchors, size, h.conf_threshold, h.iou_threshold,
-                           h.max_detections, h.score_mode, h.max_candidates)
+        dets = postprocess(outputs, self.anchors, size, h.conf_threshold, h.iou_threshold, h.max_detections,
+                           h.score_mode, h.max_candidates, regions=stack_regions(batch["letterbox"]))
         detections, truth = [], []
         for det, boxes, lb in zip(dets, batch["boxes"], batch["letterbox"], strict=True):
             detections.append(lb.undo_detections(det))

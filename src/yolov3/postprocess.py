@@ -68,6 +68,16 @@ def select_candidates(outputs: list[torch.Tensor], anchors: torch.Tensor, image_
     return Candidates(image[order], cell[order], boxes[order], scores[order], classes[order])
 
 
+def inside_regions(cand: Candidates, regions: torch.Tensor) -> Candidates:
+    """The candidates whose box overlaps its image's region (B, 4) with positive width and
+    height (the rule of letterbox.Letterbox.on_image, in input pixels)."""
+    r = regions.to(device=cand.boxes.device, dtype=cand.boxes.dtype)[cand.image]
+    b = cand.boxes
+    keep = ((torch.minimum(b[:, 2], r[:, 2]) > torch.maximum(b[:, 0], r[:, 0]))
+            & (torch.minimum(b[:, 3], r[:, 3]) > torch.maximum(b[:, 1], r[:, 1])))
+    return Candidates(*(t[keep] for t in cand))
+
+
 def top_candidates(cand: Candidates, batch: int, k: int) -> Candidates:
     """Keep each image's k highest-scoring candidates (ties: lower cell first), in (image, cell) order."""
     order = cand.scores.argsort(descending=True, stable=True)
@@ -122,6 +132,7 @@ def postprocess(
     score_mode: str = "obj_cls",
     max_candidates: int | None = None,
     return_cells: bool = False,
+    regions: torch.Tensor | None = None,
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Decode, score, threshold and class-aware NMS every image of a batch.
 
@@ -139,6 +150,10 @@ def postprocess(
         return_cells: also return where each detection came from in the head outputs
             (explanations, yolov3.cam, rebuild its score from the raw outputs with the
             autograd graph kept).
+        regions: (B, 4) xyxy input pixels, the part of each input that is image (a letterbox's
+            region, letterbox.stack_regions): candidates that do not overlap it with positive
+            width and height lie wholly in the padding and are dropped before NMS and before
+            max_candidates / max_detections count (None: keep all).
 
     Returns:
         dets: one (K, 6) float32 tensor per image: x1, y1, x2, y2 (input pixels), score,
@@ -148,6 +163,8 @@ def postprocess(
     """
     batch, num_classes = outputs[0].shape[0], outputs[0].shape[-1] - 5
     cand = select_candidates(outputs, anchors, image_size, conf_threshold, score_mode)
+    if regions is not None:
+        cand = inside_regions(cand, regions)
     if max_candidates is not None:
         cand = top_candidates(cand, batch, max_candidates)
     keep, counts = _kept_candidates(cand, batch, num_classes, iou_threshold, max_detections)
