@@ -33,7 +33,8 @@ class OptimConfig:
     """Adam with OneCycleLR stepped every batch; the defaults are the course's.
 
     max_lr: the peak learning rate; the schedule starts at max_lr / div_factor and ends at
-    max_lr / div_factor / final_div_factor. pct_start: the share of steps spent warming up.
+    max_lr / div_factor / final_div_factor. pct_start: the share of steps spent warming up
+    (a warm-up of one step or less is none: the run starts at max_lr; yolov3.schedule).
     three_phase, anneal_strategy: as torch.optim.lr_scheduler.OneCycleLR.
     weight_decay: Adam's (L2) weight decay.
     ema: evaluate, test and save an exponential moving average of the weights (yolov3.ema),
