@@ -228,8 +228,20 @@ def test_yolov3_app_bad_start_up_gets_clear_messages(tmp_path, monkeypatch, bad_
 
     monkeypatch.chdir(tmp_path)  # no runs/demo here
     with pytest.raises(SystemExit, match=r"no --weights given and no demo checkpoint at runs/demo/checkpoints/"
-                                         r"best.ckpt\. Run `make demo` first"):
+                                         r"best.ckpt or last.ckpt\. Run `make demo` first"):
         main(["app"])
+    # a demo without validation writes only last.ckpt: the app serves that (the format is read from the content)
+    import shutil
+
+    import yolov3.commands.server as server
+
+    served = []
+    monkeypatch.setattr(server, "serve", lambda app, **kwargs: served.append(app))
+    (tmp_path / "runs/demo/checkpoints").mkdir(parents=True)
+    shutil.copy(trained_weights, tmp_path / "runs/demo/checkpoints/last.ckpt")
+    main(["app"])
+    assert served and served[0].detector.source.endswith("last.ckpt")
+    shutil.rmtree(tmp_path / "runs")
     with pytest.raises(SystemExit, match="notes.txt: not a readable checkpoint"):
         main(["app", "--weights", str(bad_uploads / "notes.txt")])
     with pytest.raises(SystemExit, match="missing.ckpt: weights file not found"):

@@ -138,7 +138,8 @@ def _report_pictures(checkpoint: str, dm, out: Path, metrics_csv: Path, n: int =
     examples.mkdir(parents=True)
     for s in samples[:4]:
         shutil.copy2(s.path, examples / Path(s.path).name)
-    # what `yolov3 detect` writes, on the first test images
+    # what `yolov3 detect` writes, on the first test images (the demo's own folder: an earlier run's goes)
+    shutil.rmtree(out / "detect", ignore_errors=True)
     run_detect([str(s.path) for s in samples[:4]], checkpoint, str(out / "detect"), size=dm.image_size)
     # what `yolov3 cam` writes: Grad-CAM of each detection, EigenCAM of each image
     shutil.rmtree(out / "cam", ignore_errors=True)  # no overlays left over from an earlier run

@@ -22,6 +22,8 @@ from yolov3.detector import Detector
 log = logging.getLogger(__name__)
 
 DEMO_WEIGHTS = Path("runs/demo/checkpoints/best.ckpt")
+# a demo run without validation (data.val_fraction 0) writes only this one (yolov3.fit_checkpoints)
+DEMO_LAST = DEMO_WEIGHTS.with_name("last.ckpt")
 MAX_UPLOAD = "50mb"  # Gradio refuses larger files before they reach us
 
 
@@ -107,11 +109,13 @@ def serve(app: DetectorApp, host: str = "127.0.0.1", port: int = 7860, concurren
 def command(args: argparse.Namespace) -> None:
     weights = args.weights
     if weights is None:
-        if not DEMO_WEIGHTS.is_file():
-            raise SystemExit(f"yolov3 app: no --weights given and no demo checkpoint at {DEMO_WEIGHTS}. "
-                             "Run `make demo` first (it trains one on synthetic data in about 12 minutes on a "
-                             "2-core CPU), or pass --weights with a .ckpt checkpoint or a .safetensors export.")
-        weights = str(DEMO_WEIGHTS)
+        found = next((p for p in (DEMO_WEIGHTS, DEMO_LAST) if p.is_file()), None)
+        if found is None:
+            raise SystemExit(f"yolov3 app: no --weights given and no demo checkpoint at {DEMO_WEIGHTS} or "
+                             f"{DEMO_LAST.name}. Run `make demo` first (it trains one on synthetic data in about 12 "
+                             "minutes on a 2-core CPU), or pass --weights with a .ckpt checkpoint or a .safetensors "
+                             "export.")
+        weights = str(found)
     try:
         detector = Detector.load(weights, size=args.size, conf_threshold=args.conf, iou_threshold=args.iou,
                                  device=args.device, anchors=args.anchors, letterbox=args.letterbox)
