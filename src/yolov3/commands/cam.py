@@ -22,7 +22,7 @@ from yolov3.cam import METHODS, explain, resolve_layer
 from yolov3.commands.outputs import OutputNames, describe_replaced, input_names, left_from_before, listing, safe_part
 from yolov3.data.sample import decode_image, expand_sources, frames_text, printable
 from yolov3.detector import Detector
-from yolov3.progress import ProgressLines, is_terminal
+from yolov3.progress import counting
 from yolov3.viz import image_grid, render_cam
 
 log = logging.getLogger("yolov3.commands.cam")
@@ -70,40 +70,38 @@ def run_cam(sources: Sequence[str], weights: str, out_dir: str, method: str = "g
     taken = OutputNames([CAM_FILE, SHEET_FILE])
     written, notes = [], []
     sheet, records, seconds, zero = [], [], 0.0, 0
-    lines = None if is_terminal() else ProgressLines("explaining", len(paths))  # off a terminal only (as detect)
-    for start in range(0, len(paths), batch_size):
-        idx = list(range(start, min(start + batch_size, len(paths))))
-        decoded = [decode_image(paths[i]) for i in idx]
-        images = [d.pixels for d in decoded]
-        for i, d in zip(idx, decoded):
-            if d.frames != 1:
-                notes.append(f"{printable(str(paths[i]))}: {frames_text(d.frames)}; only the first is read")
-                log.warning("%s", notes[-1])
-        t0 = time.perf_counter()
-        results = explain(detector, images, method, layer)
-        seconds += time.perf_counter() - t0
-        for i, img, res in zip(idx, images, results):
-            row = []
-            sheet.append(row)
-            names = {}
-            for suffix, pic in render_cam(img, res, detector.class_names, method):
-                names[suffix] = taken.claim(f"{stems[i]}_{safe_part(suffix)}.png")
-                Image.fromarray(pic).save(out / names[suffix])
-                written.append(names[suffix])
-                row.append(pic)
-            overlays = [n for suffix, n in names.items() if suffix != "eigencam"]
-            zero += sum(c.grad_norm == 0 for c in res.cams)
-            for k, c in enumerate(res.cams):
-                records.append({"file_name": str(paths[i]), "picture": overlays[k], "detection": k,
-                                "category_id": c.label,
-                                "category_name": detector.class_names[c.label],
-                                "bbox_xyxy": [round(float(v), 2) for v in c.box], "score": round(c.score, 6),
-                                "target": round(c.target, 6), "cell": list(c.cell), "layer": c.layer,
-                                "method": method})
-        if lines is not None:
-            lines.advance(len(idx))
-    if lines is not None:
-        lines.finish()
+    # plain lines off a terminal, nothing on one (as before this command had any)
+    with counting("explaining", len(paths), bar=False) as advance:
+        for start in range(0, len(paths), batch_size):
+            idx = list(range(start, min(start + batch_size, len(paths))))
+            decoded = [decode_image(paths[i]) for i in idx]
+            images = [d.pixels for d in decoded]
+            for i, d in zip(idx, decoded):
+                if d.frames != 1:
+                    notes.append(f"{printable(str(paths[i]))}: {frames_text(d.frames)}; only the first is read")
+                    log.warning("%s", notes[-1])
+            t0 = time.perf_counter()
+            results = explain(detector, images, method, layer)
+            seconds += time.perf_counter() - t0
+            for i, img, res in zip(idx, images, results):
+                row = []
+                sheet.append(row)
+                names = {}
+                for suffix, pic in render_cam(img, res, detector.class_names, method):
+                    names[suffix] = taken.claim(f"{stems[i]}_{safe_part(suffix)}.png")
+                    Image.fromarray(pic).save(out / names[suffix])
+                    written.append(names[suffix])
+                    row.append(pic)
+                overlays = [n for suffix, n in names.items() if suffix != "eigencam"]
+                zero += sum(c.grad_norm == 0 for c in res.cams)
+                for k, c in enumerate(res.cams):
+                    records.append({"file_name": str(paths[i]), "picture": overlays[k], "detection": k,
+                                    "category_id": c.label,
+                                    "category_name": detector.class_names[c.label],
+                                    "bbox_xyxy": [round(float(v), 2) for v in c.box], "score": round(c.score, 6),
+                                    "target": round(c.target, 6), "cell": list(c.cell), "layer": c.layer,
+                                    "method": method})
+            advance(len(idx))
     if any(sheet):
         Image.fromarray(_sheet(sheet, cols, cell)).save(sheet_path or out / SHEET_FILE)
         if sheet_path is None:
