@@ -140,7 +140,7 @@ def merge(hparams: Mapping[str, Any], data_record: Mapping[str, Any] | None, giv
     out.model = unflatten({**ckpt, **given})
 
     classes = int(hparams.get("num_classes", len(VOC_CLASSES)))
-    names = _get(given_data, "class_names")
+    names = get_path(given_data, "class_names")
     recorded = list((data_record or {}).get("class_names") or [])
     if names:
         if len(names) != classes:
@@ -164,10 +164,13 @@ def merge(hparams: Mapping[str, Any], data_record: Mapping[str, Any] | None, giv
     return out
 
 
-def _get(namespace: Any, key: str) -> Any:
-    if namespace is None:
-        return None
-    return namespace.get(key) if hasattr(namespace, "get") else None
+def get_path(namespace: Any, *keys: str) -> Any:
+    """namespace[k1][k2]... (dicts or jsonargparse Namespaces), or None where a level is missing."""
+    for key in keys:
+        if namespace is None:
+            return None
+        namespace = namespace.get(key) if hasattr(namespace, "get") else None
+    return namespace
 
 
 def _legacy_hint(name: str) -> str:

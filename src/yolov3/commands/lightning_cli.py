@@ -18,10 +18,11 @@ from lightning.pytorch.cli import LightningCLI
 
 from yolov3.checkpoint_io import load_checkpoint
 from yolov3.checkpoint_plugin import SafeCheckpointIO
-from yolov3.commands.ckpt_settings import BOOKKEEPING, SettingsConflict, check_shapes, legacy_name_error, merge
+from yolov3.commands.ckpt_settings import (BOOKKEEPING, SettingsConflict, check_shapes, get_path,
+                                          legacy_name_error, merge)
 from yolov3.commands.report import print_report, summarise, write_report
 from yolov3.data.datamodule import YoloDataModule
-from yolov3.anchors import as_anchors, describe_anchors
+from yolov3.anchors import as_anchors
 from yolov3.constants import DATA_KEY, VOC_CLASSES
 from yolov3.detector import EVAL_SETTINGS, Detector
 from yolov3.fit_checkpoints import CheckpointNotice, check_monitors, fit_checkpoints
@@ -111,8 +112,8 @@ class YoloCLI(LightningCLI):
             return
         config, given = self.config[subcommand], self._given(subcommand)
         try:
-            merged = merge(hparams, checkpoint.get(DATA_KEY), _get(given, "model"), _get(given, "data"),
-                           config.get("model"), _get(config, "data", "class_names"), str(ckpt_path))
+            merged = merge(hparams, checkpoint.get(DATA_KEY), get_path(given, "model"), get_path(given, "data"),
+                           config.get("model"), get_path(config, "data", "class_names"), str(ckpt_path))
         except SettingsConflict as exc:
             raise SystemExit(f"yolov3 {subcommand}: {exc}") from None
         try:
@@ -129,9 +130,9 @@ class YoloCLI(LightningCLI):
         """`--weights`: load them (Detector.load: any format it reads, the course's included)
         and take from them the model's width, its anchors and evaluation settings (score
         mode, NMS IoU, detections per image) and the data's class names, size and letterbox
-        style, each unless
-        a config or the command line sets it (`--anchors` or `--model.anchors` for the
-        anchors). The weights go into the model in before_validate / before_test / before_predict."""
+        style, each unless a config or the command line sets it (`--anchors` or
+        `--model.anchors` for the anchors). The weights go into the model in before_validate /
+        before_test / before_predict."""
         config = self.config[subcommand]
         weights = config.get("weights")
         if subcommand == "fit":
@@ -146,28 +147,28 @@ class YoloCLI(LightningCLI):
         try:
             anchors = as_anchors(config.anchors, "--anchors") if config.get("anchors") else None
             if anchors is None:
-                anchors = _get(given, "model", "anchors")  # a config's or --model.anchors
-            detector = Detector.load(weights, anchors=anchors, class_names=names)
+                anchors = get_path(given, "model", "anchors")  # a config's or --model.anchors
+            # what a config or the command line sets goes in here (None: the file's), so the
+            # Detector holds the settings the run uses, and says them (describe)
+            evaluation = {arg: get_path(given, "model", "evaluation", name) for name, arg in EVAL_SETTINGS.items()}
+            detector = Detector.load(weights, anchors=anchors, class_names=names, **evaluation,
+                                     size=get_path(given, "data", "image_size"),
+                                     letterbox=get_path(given, "data", "letterbox"))
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"yolov3 {subcommand}: {exc}") from None
         if detector.backend != "torch":
             raise SystemExit(f"yolov3 {subcommand}: {weights} is an ONNX export; {subcommand} runs the torch "
                              "weights (.ckpt, .safetensors or a course checkpoint)")
         try:
-            check_shapes(_get(given, "model"), detector.model.width, str(weights))
+            check_shapes(get_path(given, "model"), detector.model.width, str(weights))
         except SettingsConflict as exc:
             raise SystemExit(f"yolov3 {subcommand}: {exc}") from None
         self._weights = detector
-        evaluation = {name: getattr(detector, arg) for name, arg in EVAL_SETTINGS.items()
-                      if _get(given, "model", "evaluation", name) is None}
+        evaluation = {name: getattr(detector, arg) for name, arg in EVAL_SETTINGS.items()}
         model = {"width": detector.model.width, "evaluation": evaluation, "anchors": detector.anchors.cpu().tolist()}
-        data = {}
+        data = {"image_size": detector.size, "letterbox": detector.letterbox}
         if not names and list(detector.class_names) != list(VOC_CLASSES):
             data["class_names"] = list(detector.class_names)
-        if _get(given, "data", "image_size") is None:
-            data["image_size"] = detector.size
-        if _get(given, "data", "letterbox") is None:
-            data["letterbox"] = detector.letterbox
         self.config = self.parser.parse_object({subcommand: {"model": model, "data": data}}, self.config)
 
     def _given(self, subcommand: str):
@@ -187,10 +188,7 @@ class YoloCLI(LightningCLI):
         state = detector.model.state_dict()
         for net in (self.model.model, *((self.model.ema.module,) if self.model.ema is not None else ())):
             net.load_state_dict(state)
-        m, dm = self.model, self.datamodule
-        print(f"weights {detector.source}: {detector.origin}; {m.model.num_classes} classes, "
-              f"{describe_anchors(m.anchors.cpu())}, scores {m.evaluation.score_mode}, input "
-              f"{getattr(dm, 'image_size', '?')}, {getattr(dm, 'letterbox', '?')} letterbox")
+        print(detector.describe())  # the run's settings: _weights_settings made them the detector's
 
     def before_validate(self) -> None:
         self._load_weights()
@@ -265,15 +263,6 @@ class YoloCLI(LightningCLI):
             config_name = place_run(config, self.subcommand)
             if config_name:
                 self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": config_name}
-
-
-def _get(namespace, *keys):
-    """namespace[k1][k2]... or None where a level is missing."""
-    for key in keys:
-        if namespace is None:
-            return None
-        namespace = namespace.get(key) if hasattr(namespace, "get") else None
-    return namespace
 
 
 def resolve_precision(precision, accelerator) -> str | int | None:
