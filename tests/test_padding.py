@@ -69,8 +69,11 @@ def padding_detections(monkeypatch):
     """Every image's detections are DETS, whatever the network says (the Detector's postprocess)."""
     import yolov3.detector as detector_mod
 
-    monkeypatch.setattr(detector_mod, "postprocess",
-                        lambda outputs, *a, **k: [DETS.clone() for _ in range(outputs[0].shape[0])])
+    def postprocess(outputs, *args, return_cells=False, **kwargs):
+        dets = [DETS.clone() for _ in range(outputs[0].shape[0])]
+        return (dets, [CELLS.clone() for _ in dets]) if return_cells else dets
+
+    monkeypatch.setattr(detector_mod, "postprocess", postprocess)
 
 
 def test_the_detector_drops_them(tiny_checkpoint, padding_detections) -> None:

@@ -257,9 +257,7 @@ class Detector:
         """Build with what the weights say (anchors, class names, eval size, training sizes,
         evaluation settings) as defaults; a keyword given as None counts as not given."""
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        kwargs.setdefault("anchors", anchors)
-        kwargs["anchors"] = as_anchors(kwargs["anchors"] if kwargs["anchors"] is not None else DEFAULT_ANCHORS,
-                                       "anchors")
+        kwargs.setdefault("anchors", anchors)  # read (names, lists) and checked by __init__
         kwargs.setdefault("size", int(data.get("image_size", DEFAULT_SIZE)))
         for arg in EVAL_SETTINGS.values():
             if arg in data:
@@ -324,10 +322,7 @@ class Detector:
         if not images:
             return []
         x, infos = self.preprocess(images)
-        outputs = self.model(x)
-        dets = postprocess(outputs, self.anchors, (self.size, self.size), self.conf_threshold,
-                           self.iou_threshold, self.max_detections, self.score_mode, self.max_candidates,
-                           regions=stack_regions(infos))
+        dets, _ = self.decode(self.model(x), infos)
         return [self.to_original(det, info) for det, info in zip(dets, infos)]
 
 
