@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 TESTS=(tests/test_app.py tests/test_app_server.py tests/test_cam.py tests/test_eval_integration.py tests/test_demo.py
-       tests/test_onnx.py tests/test_deploy.py)
+       tests/test_onnx.py tests/test_deploy.py tests/test_course.py)
 SETTINGS=(
     "default"
     "OMP_NUM_THREADS=1"
